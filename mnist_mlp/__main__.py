@@ -1,0 +1,5 @@
+"""`python -m mnist_mlp` is the `mnist-mlp` command."""
+
+from mnist_mlp.cli import main
+
+raise SystemExit(main())

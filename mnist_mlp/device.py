@@ -1,0 +1,45 @@
+"""Where training runs: the Metal GPU on an Apple M1 (through tensorflow-metal), any other GPU, or the CPU."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from mnist_mlp.config import RuntimeConfig
+from mnist_mlp.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str  # a TensorFlow device string, "/CPU:0" or "/GPU:0"
+    kind: str  # "cpu" or "gpu"
+    jit_compile: bool  # XLA for the compiled training calls
+
+    def describe(self) -> str:
+        xla = ", XLA" if self.jit_compile else ""
+        return f"{self.kind.upper()} ({self.name}{xla})"
+
+
+def configure_threads(threads: int) -> None:
+    """Set TensorFlow's intra-op thread count (0 keeps its default); only possible before TF starts its runtime."""
+    if threads:
+        # RuntimeError: the runtime is already up (a second run in one process); it keeps what it has.
+        with contextlib.suppress(RuntimeError):
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+
+
+def select_device(config: RuntimeConfig) -> Device:
+    """Resolve runtime.device (auto | cpu | gpu) and runtime.jit_compile (auto | true | false)."""
+    configure_threads(config.threads)
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if config.device == "gpu" and not has_gpu:
+        raise ConfigError("runtime.device is gpu but TensorFlow lists no GPU (on a Mac: pip install tensorflow-metal)")
+    kind = "gpu" if config.device == "gpu" or (config.device == "auto" and has_gpu) else "cpu"
+    if kind == "gpu" and config.jit_compile is True:
+        raise ConfigError("runtime.jit_compile is true but XLA is not supported on the GPU path (Metal has no XLA)")
+    # auto: off. XLA measured no faster than TF's graph executor for this model on the CPU (see README,
+    # Speed) and costs seconds of compilation; Metal has no XLA at all.
+    jit = False if config.jit_compile == "auto" else config.jit_compile
+    return Device(name=f"/{kind.upper()}:0", kind=kind, jit_compile=jit)

@@ -1,0 +1,13 @@
+"""Errors of the user's making: the CLI prints them as one `error: ...` line and exits 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user (config, data files, paths, images): a one-line message, no traceback."""
+
+
+class ConfigError(UserError):
+    """A config file or `--set` override is malformed or out of range."""
+
+
+class DataError(UserError):
+    """MNIST could not be found, read or verified."""

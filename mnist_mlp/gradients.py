@@ -1,0 +1,48 @@
+"""Hand-written backpropagation: the report's formulas, not tf.GradientTape.
+
+Columns are samples (see model.py). For the mean cross-entropy of a mini-batch of M images:
+  ∇ŷ = −(1/M)(y − ŷ)                      gradient at the output logits, [K × M]
+  ∇W0^l = ∇Z^l · 1                         sum over the batch
+  ∇W^l = H^{l−1} (∇Z^l)ᵀ                   [N_{l−1} × N_l]
+  ∇H^{l−1} = W^l ∇Z^l                      [N_{l−1} × M]
+  ∇Z^{l−1} = ∇H^{l−1} ⊙ ∂φ(H^{l−1})/∂H^{l−1}  ReLU: 1 where H > 0, else 0
+and the L1 term λ·sign(W) is added to each weight gradient. The tests check all of it against
+tf.GradientTape and finite differences.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from mnist_mlp.model import MLP, log_softmax
+
+
+def backprop(model: MLP, H: list[tf.Tensor], logits: tf.Tensor, y: tf.Tensor) -> tuple[list, list]:
+    """Gradients (∇W, ∇W0), one per layer in order, of the mean cross-entropy, from forward()'s H and logits."""
+    M = tf.cast(tf.shape(y)[1], logits.dtype)
+    y_hat = tf.exp(log_softmax(logits))
+    grad_Z = (y_hat - y) / M  # ∇ŷ = −(1/M)(y − ŷ)
+    grad_W, grad_W0 = [], []
+    for layer in reversed(range(len(model.W))):
+        grad_W0.append(tf.reduce_sum(grad_Z, axis=1, keepdims=True))  # ∇W0^l = ∇Z^l · 1
+        grad_W.append(tf.matmul(H[layer], grad_Z, transpose_b=True))  # ∇W^l = H^{l−1} (∇Z^l)ᵀ
+        if layer > 0:
+            grad_H = tf.matmul(model.W[layer], grad_Z)  # ∇H^{l−1} = W^l ∇Z^l
+            grad_Z = grad_H * tf.cast(H[layer] > 0, grad_H.dtype)  # ⊙ ∂φ(H)/∂H = 1 where H > 0
+    return grad_W[::-1], grad_W0[::-1]
+
+
+def with_l1(grads: list[tf.Tensor], params: list[tf.Variable], l1: float | tf.Tensor) -> list[tf.Tensor]:
+    """Add the L1 regularizer's gradient: ∇W + λ·∂R/∂W with ∂R/∂W = sign(W)."""
+    return [g + l1 * tf.sign(w) for g, w in zip(grads, params, strict=True)]
+
+
+def loss_gradients(
+    model: MLP, H: list[tf.Tensor], logits: tf.Tensor, y: tf.Tensor, l1: float | tf.Tensor, l1_biases: bool
+) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
+    """Gradients of cross-entropy + λ‖W‖₁ (biases regularized only if l1_biases)."""
+    grad_W, grad_W0 = backprop(model, H, logits, y)
+    grad_W = with_l1(grad_W, model.W, l1)
+    if l1_biases:
+        grad_W0 = with_l1(grad_W0, model.W0, l1)
+    return grad_W, grad_W0

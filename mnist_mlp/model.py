@@ -1,0 +1,90 @@
+"""The multilayer perceptron, in the report's notation.
+
+Columns are samples: X is [N, M] (N = 784 pixels, M images), H^l is [N_l, M], W^l is [N_{l-1}, N_l] and
+the bias W0^l is [N_l, 1]. Forward: H^l = φ((W^l)ᵀ H^{l-1} + W0^l) with φ = ReLU, and ŷ = σ(logits) with
+σ the softmax over the K = 10 classes. Biases are added after the matmul, never as a fused BiasAdd
+(a fused MatMul+BiasAdd+ReLU has given wrong results on Metal in graph mode).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import tensorflow as tf
+
+from mnist_mlp.config import ModelConfig
+
+N_PIXELS, N_CLASSES = 28 * 28, 10
+
+
+class MLP(tf.Module):
+    """Raw tf.Variables: W[l] and W0[l] hold the report's W^{l+1} and W_0^{l+1}."""
+
+    def __init__(self, config: ModelConfig, seed: int, dtype: tf.DType = tf.float32):
+        super().__init__(name="mlp")
+        sizes = [N_PIXELS, *config.hidden, N_CLASSES]
+        self.sizes = sizes
+        self.W = [
+            tf.Variable(initial_weights(config, n_in, n_out, seed=(seed, layer), dtype=dtype), name=f"W{layer + 1}")
+            for layer, (n_in, n_out) in enumerate(itertools.pairwise(sizes))
+        ]
+        self.W0 = [tf.Variable(tf.zeros([n, 1], dtype), name=f"W0_{layer + 1}") for layer, n in enumerate(sizes[1:])]
+
+    @property
+    def variables_in_order(self) -> list[tf.Variable]:
+        """W1, W0_1, W2, W0_2, ...: a fixed order for checkpoints and comparisons."""
+        return [v for pair in zip(self.W, self.W0, strict=True) for v in pair]
+
+
+def initial_weights(config: ModelConfig, n_in: int, n_out: int, seed: tuple[int, int], dtype: tf.DType) -> tf.Tensor:
+    """A [n_in, n_out] draw from the configured scheme; stateless and on the CPU, so every device and
+    every run with the same seed starts from the same weights (Metal lacks kernels for some random ops)."""
+    with tf.device("/CPU:0"):
+        shape = [n_in, n_out]
+        if config.init == "uniform":  # the report's first try: uniform(0, scale)
+            return tf.random.stateless_uniform(shape, seed, 0.0, config.init_scale, dtype=dtype)
+        scale = config.init_scale if config.init == "normal" else (2.0 / n_in) ** 0.5  # he: sqrt(2 / fan_in)
+        return tf.random.stateless_normal(shape, seed, 0.0, scale, dtype=dtype)
+
+
+def to_columns(images: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """uint8 images [M, 28, 28] or [M, 784] to X: [784, M] pixels scaled to [0, 1]."""
+    flat = tf.reshape(images, [-1, N_PIXELS])
+    return tf.transpose(tf.cast(flat, dtype) * tf.constant(1.0 / 255.0, dtype))
+
+
+def one_hot_columns(labels: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """Digits [M] to y: [K, M], one column per image."""
+    return tf.one_hot(tf.cast(labels, tf.int32), N_CLASSES, axis=0, dtype=dtype)
+
+
+def forward(model: MLP, X: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
+    """Return the activations [H^0 = X, H^1, ..., H^{L-1}] (kept for backprop) and the output logits."""
+    H = [X]
+    for W, W0 in zip(model.W[:-1], model.W0[:-1], strict=True):
+        H.append(tf.nn.relu(tf.matmul(W, H[-1], transpose_a=True) + W0))  # H^l = φ((W^l)ᵀ H^{l-1} + W0^l)
+    logits = tf.matmul(model.W[-1], H[-1], transpose_a=True) + model.W0[-1]  # (W^L)ᵀ H^{L-1} + W0^L
+    return H, logits
+
+
+def log_softmax(logits: tf.Tensor) -> tf.Tensor:
+    """log σ(logits) over the classes (axis 0), stable for any logits: z − logsumexp(z)."""
+    return logits - tf.reduce_logsumexp(logits, axis=0, keepdims=True)
+
+
+def cross_entropy(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    """Mean over the batch of −Σ_k y[k] log ŷ[k]: (1/M) Σ_m Σ_k −y[m][k] log ŷ[m][k]."""
+    M = tf.cast(tf.shape(y)[1], logits.dtype)
+    return -tf.reduce_sum(y * log_softmax(logits)) / M
+
+
+def l1_penalty(model: MLP, l1: float, biases: bool = False) -> tf.Tensor:
+    """λ Σ_l ‖W^l‖₁ (and the biases' when asked): the regularizer R whose gradient is λ·sign(W)."""
+    weights = model.W + (model.W0 if biases else [])
+    return l1 * tf.add_n([tf.reduce_sum(tf.abs(w)) for w in weights])
+
+
+def predict_proba(model: MLP, images: tf.Tensor) -> tf.Tensor:
+    """Class probabilities [M, K] for uint8 images, one row per image."""
+    _, logits = forward(model, to_columns(images, model.W[0].dtype))
+    return tf.transpose(tf.exp(log_softmax(logits)))

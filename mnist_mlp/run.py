@@ -1,0 +1,234 @@
+"""A training run end to end: data, device, epochs, evaluation, convergence, files and checkpoints.
+
+`train_and_evaluate` is what `mnist-mlp train` and every sweep trial call. After each epoch the run
+evaluates train, validation and test, appends a row to history.csv and writes a checkpoint; Ctrl-C or
+SIGTERM finishes the current compiled call, checkpoints mid-epoch and raises Interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import tensorflow as tf
+
+from mnist_mlp.config import Config, TrainConfig
+from mnist_mlp.data import Mnist, load_mnist
+from mnist_mlp.device import select_device
+from mnist_mlp.errors import UserError
+from mnist_mlp.model import MLP
+from mnist_mlp.progress import Listener
+from mnist_mlp.rundir import CheckpointState, RunDir
+from mnist_mlp.training import Diverged, EpochProgress, Evaluation, Trainer, learning_rate, train_epoch
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run hands its listeners: files, figures, the final evaluations, data and model."""
+
+    run: RunDir
+    config: Config
+    metrics: dict
+    history: list[dict]
+    final: dict[str, Evaluation]  # "train", "validation" (if split) and "test"
+    mnist: Mnist
+    model: MLP
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after checkpointing; exit status 128 + signal number."""
+
+    def __init__(self, signum: int, run: RunDir, state: EpochProgress):
+        self.signum = signum
+        super().__init__(
+            f"interrupted in epoch {state.epoch} after step {state.step}; checkpoint saved. "
+            f"Resume with: mnist-mlp train --resume {run.path}"
+        )
+
+
+@dataclass
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the training loop looks at it between compiled calls."""
+
+    signum: int | None = None
+    previous: dict = field(default_factory=dict)
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Turn SIGINT and SIGTERM into a flag for the duration (main thread only; elsewhere a no-op)."""
+    flag = StopFlag()
+
+    def handler(signum, _frame):
+        flag.signum = signum
+
+    with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            flag.previous[signum] = signal.signal(signum, handler)
+    try:
+        yield flag
+    finally:
+        for signum, previous in flag.previous.items():
+            signal.signal(signum, previous)
+
+
+def monitored_loss(row: dict) -> float:
+    """What convergence and the best checkpoint watch: validation loss, else training loss; never test."""
+    return row.get("validation_loss", row["train_loss"])
+
+
+def is_best(history: list[dict]) -> bool:
+    """Whether the last epoch has the lowest monitored loss so far."""
+    losses = [monitored_loss(row) for row in history]
+    return losses[-1] <= min(losses)
+
+
+def converged(history: list[dict], config: TrainConfig) -> bool:
+    """No improvement of the monitored loss by more than min_delta for `patience` epochs."""
+    if config.patience is None:
+        return False
+    losses = [monitored_loss(row) for row in history]
+    best, since = losses[0], 0
+    for loss in losses[1:]:
+        best, since = (loss, 0) if loss < best - config.min_delta else (best, since + 1)
+    return since >= config.patience
+
+
+def epoch_row(epoch: int, lr: float, progress: EpochProgress, evaluations: dict[str, Evaluation]) -> dict:
+    """One history.csv row: the epoch's training time and loss, then each split's figures and per-digit errors."""
+    row = {
+        "epoch": epoch,
+        "learning_rate": lr,
+        "seconds": progress.seconds,
+        "batch_loss": progress.loss_sum / max(progress.step, 1),
+    }
+    for name, ev in evaluations.items():
+        row[f"{name}_loss"], row[f"{name}_accuracy"] = ev.loss, ev.accuracy
+    for name in ("train", "test"):
+        row.update({f"{name}_error_{d}": float(e) for d, e in enumerate(evaluations[name].per_digit_error)})
+    return row
+
+
+def summary_metrics(history: list[dict], final: dict[str, Evaluation], status: str, extra: dict) -> dict:
+    """metrics.json: the final epoch's figures, per-digit test errors and totals."""
+    test = final["test"]
+    metrics = {
+        "status": status,
+        "test_accuracy": test.accuracy,
+        "test_error": 1.0 - test.accuracy,
+        "mean_per_digit_test_error": float(test.per_digit_error.mean()),
+        "per_digit_test_error": [float(e) for e in test.per_digit_error],
+        "test_loss": test.loss,
+        "train_accuracy": final["train"].accuracy,
+        "train_loss": final["train"].loss,
+    }
+    if "validation" in final:
+        metrics["validation_accuracy"] = final["validation"].accuracy
+        metrics["validation_loss"] = final["validation"].loss
+    best = min(history, key=monitored_loss)
+    metrics |= {
+        "epochs": len(history),
+        "best_epoch": best["epoch"],
+        "seconds_total": sum(row["seconds"] for row in history),
+        **extra,
+    }
+    return metrics
+
+
+def train_and_evaluate(
+    config: Config,
+    run: RunDir,
+    listeners: list[Listener] = (),
+    resume: bool = False,
+    mnist: Mnist | None = None,
+) -> RunResult:
+    """Train per `config`, writing the run's files into `run`; listeners see progress and the result.
+
+    Raises Diverged (history and metrics written, status "diverged") or Interrupted (checkpointed).
+    """
+    device = select_device(config.runtime)
+    mnist = mnist or load_mnist(config.data)
+    trainer = Trainer(config, mnist.train, device)
+    splits = {"train": (trainer.images, trainer.labels)}
+    if mnist.validation is not None:
+        splits["validation"] = trainer.to_device(mnist.validation)
+    splits["test"] = trainer.to_device(mnist.test)
+    history, progress = _starting_point(run, trainer, config, resume)
+
+    info = {
+        "architecture": "-".join(map(str, trainer.model.sizes)),
+        "device": device.describe(),
+        "data": mnist.source,
+        "train_images": len(mnist.train),
+        "out": str(run.path),
+        "resumed_from": (progress.epoch, progress.step) if resume else None,
+    }
+    for listener in listeners:
+        listener.on_start(info)
+
+    def on_call(state: EpochProgress, steps_per_epoch: int) -> None:
+        for listener in listeners:
+            listener.on_call(state.epoch, state.step, steps_per_epoch, state.loss_sum / state.step, state.seconds)
+
+    extra = {"device": device.describe(), "tensorflow": tf.__version__, "data": mnist.source}
+    status = "finished"
+    with stop_on_signals() as stop:
+        while progress.epoch <= config.train.epochs:
+            try:
+                train_epoch(trainer, progress, on_call, should_stop=stop)
+            except Diverged:
+                if history:
+                    run.write_metrics(summary_metrics(history, _evaluate(trainer, splits), "diverged", extra))
+                else:
+                    run.write_metrics({"status": "diverged", "epochs": 0, **extra})
+                raise
+            if progress.step < trainer.steps_per_epoch:  # stopped by a signal mid-epoch
+                state = CheckpointState(progress.epoch, progress.step, progress.loss_sum, progress.seconds)
+                run.save_checkpoint(trainer.model, state)
+                raise Interrupted(stop.signum, run, progress)
+            lr = learning_rate(config.train, progress.epoch)
+            history.append(epoch_row(progress.epoch, lr, progress, _evaluate(trainer, splits)))
+            run.write_history(history)
+            run.save_checkpoint(trainer.model, CheckpointState(progress.epoch, 0, 0.0, 0.0), best=is_best(history))
+            for listener in listeners:
+                listener.on_epoch(history[-1])
+            if converged(history, config.train):
+                status = "converged"
+                break
+            if stop():
+                raise Interrupted(stop.signum, run, EpochProgress(progress.epoch + 1))
+            progress = EpochProgress(progress.epoch + 1)
+
+    final = _evaluate(trainer, splits)
+    metrics = summary_metrics(history, final, status, extra)
+    run.write_metrics(metrics)
+    result = RunResult(run, config, metrics, history, final, mnist, trainer.model)
+    for listener in listeners:
+        listener.on_finish(result)
+    return result
+
+
+def _evaluate(trainer: Trainer, splits: dict) -> dict[str, Evaluation]:
+    return {name: trainer.evaluate(*tensors) for name, tensors in splits.items()}
+
+
+def _starting_point(run: RunDir, trainer: Trainer, config: Config, resume: bool) -> tuple[list, EpochProgress]:
+    """Fresh: write config.yaml, start at epoch 1. Resume: restore the last checkpoint and its history."""
+    if not resume:
+        run.write_config(config)
+        return [], EpochProgress(epoch=1)
+    state = run.restore_checkpoint(trainer.model)
+    finished = state.epoch - 1 if state.step else state.epoch
+    history = [row for row in run.read_history() if row["epoch"] <= finished]
+    if len(history) != finished:
+        raise UserError(f"{run.history_file}: has {len(history)} epochs, the checkpoint {finished}")
+    if state.step:
+        return history, EpochProgress(state.epoch, state.step, state.loss_sum, state.seconds)
+    if state.epoch >= config.train.epochs or run.metrics_file.is_file():
+        raise UserError(f"{run.path}: the run has already finished ({state.epoch} epochs); nothing to resume")
+    return history, EpochProgress(state.epoch + 1)

@@ -1,0 +1,193 @@
+"""A run's folder: config.yaml, history.csv, metrics.json and checkpoints/, all written atomically.
+
+Every file is written to a temporary name and renamed into place, so a crash or kill never leaves a
+half-written file; an existing run is never overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+from mnist_mlp.config import Config, from_dict, save_config
+from mnist_mlp.errors import UserError
+from mnist_mlp.model import MLP
+
+RUN_FILES = ("config.yaml", "history.csv", "metrics.json")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    """Where a checkpoint stands: after `step` steps of `epoch` (step 0: the epoch is finished)."""
+
+    epoch: int
+    step: int
+    loss_sum: float
+    seconds: float
+
+
+class RunDir:
+    """Paths and atomic writers for one run's outputs."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.config_file = self.path / "config.yaml"
+        self.history_file = self.path / "history.csv"
+        self.metrics_file = self.path / "metrics.json"
+        self.checkpoints = self.path / "checkpoints"
+        self.plots = self.path / "plots"
+
+    @classmethod
+    def create(cls, path: Path | None, name: str, overwrite: bool = False) -> RunDir:
+        """A new run folder: `path`, or runs/<time>-<name>; refuses to overwrite a run unless asked."""
+        if path is None:
+            path = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise UserError(f"{run.path}: exists and is not a folder")
+        existing = [f for f in RUN_FILES if (run.path / f).exists()]
+        if existing and not overwrite:
+            raise UserError(
+                f"{run.path}: already holds a run ({', '.join(existing)}); "
+                "pass --resume to continue it, --overwrite to replace it, or another --out"
+            )
+        if existing:
+            for stale in [*RUN_FILES, "checkpoints", "plots", "tb", "saved_model"]:
+                target = run.path / stale
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        run.path.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        """An existing run folder (for --resume, evaluate, plot); checks it is one."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise UserError(f"{run.path}: no such run folder")
+        if not run.config_file.is_file():
+            raise UserError(f"{run.path}: not a run folder (no config.yaml)")
+        return run
+
+    def read_config(self) -> Config:
+        import yaml
+
+        try:
+            tree = yaml.safe_load(self.config_file.read_text())
+        except yaml.YAMLError:
+            raise UserError(f"{self.config_file}: not valid YAML") from None
+        return from_dict(tree, where=str(self.config_file))
+
+    def write_config(self, config: Config) -> None:
+        save_config(config, self.config_file)
+
+    def write_history(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.history_file, buffer.getvalue())
+
+    def read_history(self) -> list[dict]:
+        """history.csv as rows of floats (epoch as int); [] when there is none yet."""
+        if not self.history_file.is_file():
+            return []
+        try:
+            with self.history_file.open(newline="") as file:
+                return [
+                    {k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(file)
+                ]
+        except (ValueError, TypeError):
+            raise UserError(f"{self.history_file}: malformed (expected numbers in every column)") from None
+
+    def write_metrics(self, metrics: dict) -> None:
+        atomic_write(self.metrics_file, json.dumps(metrics, indent=2) + "\n")
+
+    # Checkpoints: complete folders renamed into place, and state.json (atomic) naming the last and best.
+
+    def save_checkpoint(self, model: MLP, state: CheckpointState, best: bool = False) -> None:
+        """Write the weights and position as checkpoints/<name>, then point state.json at it."""
+        self.checkpoints.mkdir(exist_ok=True)
+        name = f"epoch-{state.epoch:04d}" + (f"-step-{state.step:06d}" if state.step else "")
+        tmp = Path(tempfile.mkdtemp(dir=self.checkpoints, prefix=".tmp-"))
+        _checkpoint(model, state)[0].write(str(tmp / "ckpt"))
+        target = self.checkpoints / name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        pointers = self._pointers()
+        pointers["last"] = name
+        if best:
+            pointers["best"] = name
+        atomic_write(self.checkpoints / "state.json", json.dumps(pointers, indent=2) + "\n")
+        keep = set(pointers.values())
+        for old in self.checkpoints.iterdir():
+            if old.is_dir() and old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def restore_checkpoint(self, model: MLP, which: str = "last") -> CheckpointState:
+        """Load the weights of the `last` or `best` checkpoint into `model`; returns its position."""
+        name = self._pointers().get(which)
+        if name is None:
+            raise UserError(f"{self.checkpoints}: no {which} checkpoint to restore")
+        checkpoint, position = _checkpoint(model, CheckpointState(0, 0, 0.0, 0.0))
+        try:
+            checkpoint.read(str(self.checkpoints / name / "ckpt")).assert_existing_objects_matched()
+        except (ValueError, tf.errors.OpError, AssertionError) as exc:
+            reason = str(exc).splitlines()[0][:200]
+            raise UserError(f"{self.checkpoints / name}: does not fit this model ({reason})") from None
+        return CheckpointState(
+            int(position["epoch"].numpy()),
+            int(position["step"].numpy()),
+            float(position["loss_sum"].numpy()),
+            float(position["seconds"].numpy()),
+        )
+
+    def _pointers(self) -> dict:
+        path = self.checkpoints / "state.json"
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: malformed checkpoint state") from None
+
+
+def _checkpoint(model: MLP, state: CheckpointState) -> tuple[tf.train.Checkpoint, dict]:
+    """The tracked objects of a checkpoint: weights by name, and the training position as variables.
+
+    The shuffle is a stateless function of (seed, epoch) and the learning rate a function of the epoch,
+    so the position is the whole of the RNG and schedule state.
+    """
+    position = {
+        "epoch": tf.Variable(state.epoch, dtype=tf.int64),
+        "step": tf.Variable(state.step, dtype=tf.int64),
+        "loss_sum": tf.Variable(state.loss_sum, dtype=tf.float64),
+        "seconds": tf.Variable(state.seconds, dtype=tf.float64),
+    }
+    weights = {v.name.split(":")[0]: v for v in model.variables_in_order}
+    return tf.train.Checkpoint(weights=weights, **position), position

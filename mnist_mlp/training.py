@@ -1,0 +1,184 @@
+"""Training: mini-batch SGD with the hand-written gradients, many steps per compiled call.
+
+The per-step cost of a network this small is overhead, not arithmetic, so one `tf.function` call runs
+`train.steps_per_call` SGD steps in a graph loop over mini-batches of data already on the device. The
+images stay uint8 there; each batch is scaled to [0, 1] when it is gathered. The epoch's shuffle is a
+stateless function of (seed, epoch), so a run is reproducible and resumable to the bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from mnist_mlp.config import Config, TrainConfig
+from mnist_mlp.data import Split
+from mnist_mlp.device import Device
+from mnist_mlp.gradients import loss_gradients
+from mnist_mlp.model import MLP, N_CLASSES, cross_entropy, forward, one_hot_columns, to_columns
+
+EVAL_CHUNK = 10000  # images per evaluation call: bounded memory, few calls
+
+
+class Diverged(Exception):
+    """The training loss became non-finite or exceeded train.divergence_loss."""
+
+    def __init__(self, epoch: int, loss: float, learning_rate: float):
+        self.epoch, self.loss = epoch, loss
+        super().__init__(
+            f"training diverged in epoch {epoch} (mean batch loss {loss:.4g}) at learning rate "
+            f"{learning_rate:g}; lower train.learning_rate or decay it sooner (train.lr_decay_epochs)"
+        )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Loss, predicted digits and confusion matrix (rows: true digit, columns: predicted) on one split."""
+
+    loss: float
+    predictions: np.ndarray
+    confusion: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.trace(self.confusion) / self.confusion.sum())
+
+    @property
+    def per_digit_error(self) -> np.ndarray:
+        """For each digit, the fraction of its images classified as another digit."""
+        per_digit = self.confusion.sum(axis=1)
+        return 1.0 - np.diag(self.confusion) / np.maximum(per_digit, 1)
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """Step decay: α · decay^⌊(epoch − 1) / every⌋ for 1-based epochs (the report: halve every 2)."""
+    return config.learning_rate * config.lr_decay ** ((epoch - 1) // config.lr_decay_epochs)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """[10, 10] counts, rows the true digit and columns the predicted one."""
+    pairs = labels.astype(np.int64) * N_CLASSES + predictions.astype(np.int64)
+    return np.bincount(pairs, minlength=N_CLASSES * N_CLASSES).reshape(N_CLASSES, N_CLASSES)
+
+
+class Trainer:
+    """Holds the model, the training data on the device and the compiled SGD and evaluation calls."""
+
+    def __init__(self, config: Config, train: Split, device: Device):
+        self.config, self.device = config, device
+        self.batch_size = config.train.batch_size
+        self.steps_per_epoch = len(train) // self.batch_size  # the remainder waits for another shuffle
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train)} training images are fewer than one batch of {self.batch_size}")
+        with tf.device(device.name):
+            self.model = MLP(config.model, config.seed)
+            self.images, self.labels = self.to_device(train)
+        self.train_steps = tf.function(self._train_steps, jit_compile=device.jit_compile)
+        self.train_step = tf.function(self._train_step)  # one step per call: the slow path, for bench and tests
+        self.evaluate_chunk = tf.function(
+            self._evaluate_chunk,
+            input_signature=[tf.TensorSpec([None, 784], tf.uint8), tf.TensorSpec([None], tf.uint8)],
+        )
+
+    def to_device(self, split: Split) -> tuple[tf.Tensor, tf.Tensor]:
+        """A split's uint8 images [N, 784] and labels [N] as tensors on the training device."""
+        with tf.device(self.device.name):
+            return tf.constant(split.images.reshape(len(split), -1)), tf.constant(split.labels)
+
+    def sgd_step(self, images: tf.Tensor, labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        """One mini-batch: forward, hand-written backprop, W ← W − α(∇W + λ·sign(W)); returns the batch loss."""
+        cfg = self.config.train
+        X, y = to_columns(images), one_hot_columns(labels)
+        H, logits = forward(self.model, X)
+        loss = cross_entropy(logits, y)
+        grad_W, grad_W0 = loss_gradients(self.model, H, logits, y, cfg.l1, cfg.l1_biases)
+        for param, grad in zip(self.model.W + self.model.W0, grad_W + grad_W0, strict=True):
+            param.assign_sub(lr * grad)  # W(t) = W(t−1) − α(∇W + λ ∂R/∂W)
+        if cfg.loss_after_update:  # the report's way: the batch's loss again, on the new weights
+            loss = cross_entropy(forward(self.model, X)[1], y)
+        return loss
+
+    def _train_step(self, images: tf.Tensor, labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        return self.sgd_step(images, labels, lr)
+
+    def _train_steps(self, images, labels, order, first_step, count, lr) -> tf.Tensor:
+        """`count` SGD steps from `first_step` of the epoch's order; returns the sum of their batch losses."""
+        total = tf.constant(0.0)
+        for step in tf.range(first_step, first_step + count):
+            batch = tf.slice(order, [step * self.batch_size], [self.batch_size])
+            total += self.sgd_step(tf.gather(images, batch), tf.gather(labels, batch), lr)
+        return total
+
+    def epoch_order(self, epoch: int) -> tf.Tensor:
+        """The epoch's shuffle of the training images: a stateless draw from (seed, epoch), made on the CPU."""
+        with tf.device("/CPU:0"):
+            keys = tf.random.stateless_uniform([len(self.labels)], seed=[self.config.seed, epoch])
+            order = tf.argsort(keys, stable=True)  # int32
+        with tf.device(self.device.name):
+            return tf.identity(order)
+
+    def run_steps(self, order: tf.Tensor, first_step: int, count: int, lr: float) -> float:
+        """Run `count` steps in one compiled call; returns the summed batch loss (a sync point)."""
+        args = (tf.constant(first_step, tf.int32), tf.constant(count, tf.int32), tf.constant(lr, tf.float32))
+        return float(self.train_steps(self.images, self.labels, order, *args))
+
+    def evaluate(self, images: tf.Tensor, labels: tf.Tensor) -> Evaluation:
+        """Mean loss and confusion matrix over a split held on the device."""
+        total, predictions = 0.0, []
+        for start in range(0, int(labels.shape[0]), EVAL_CHUNK):
+            loss_sum, predicted = self.evaluate_chunk(
+                images[start : start + EVAL_CHUNK], labels[start : start + EVAL_CHUNK]
+            )
+            total += float(loss_sum)
+            predictions.append(predicted.numpy())
+        truth, predicted = labels.numpy(), np.concatenate(predictions)
+        return Evaluation(total / len(truth), predicted, confusion_matrix(truth, predicted))
+
+    def _evaluate_chunk(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        y = one_hot_columns(labels)
+        _, logits = forward(self.model, to_columns(images))
+        M = tf.cast(tf.shape(labels)[0], tf.float32)
+        return cross_entropy(logits, y) * M, tf.argmax(logits, axis=0, output_type=tf.int32)
+
+
+@dataclass
+class EpochProgress:
+    """Where an epoch stands between compiled calls (also what an interrupted run checkpoints)."""
+
+    epoch: int
+    step: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+
+
+def train_epoch(
+    trainer: Trainer,
+    state: EpochProgress,
+    on_call: Callable[[EpochProgress, int], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> EpochProgress:
+    """Run the rest of `state.epoch` in calls of train.steps_per_call steps; `state` is updated in place.
+
+    Returns early (state.step < steps_per_epoch) when should_stop() turns true between calls.
+    Raises Diverged when the running loss is not finite or above train.divergence_loss.
+    """
+    cfg = trainer.config.train
+    lr = learning_rate(cfg, state.epoch)
+    order = trainer.epoch_order(state.epoch)
+    while state.step < trainer.steps_per_epoch and not should_stop():
+        count = min(cfg.steps_per_call, trainer.steps_per_epoch - state.step)
+        started = time.perf_counter()
+        state.loss_sum += trainer.run_steps(order, state.step, count, lr)
+        state.seconds += time.perf_counter() - started
+        state.step += count
+        running = state.loss_sum / state.step
+        if not math.isfinite(running) or running > cfg.divergence_loss:
+            raise Diverged(state.epoch, running, lr)
+        if on_call:
+            on_call(state, trainer.steps_per_epoch)
+    return state
