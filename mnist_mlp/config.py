@@ -119,15 +119,13 @@ def from_dict(tree: Any, where: str) -> Config:
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     """Read a YAML config (None: all defaults) and apply `section.key=value` overrides."""
-    tree: dict = {}
-    where = "defaults"
-    if path is not None:
-        where = str(path)
-        tree = _read_yaml(Path(path))
+    tree = _read_yaml(Path(path)) if path is not None else {}
+    overrides = list(overrides)
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(tree, key, value, where=f"--set {item}")
-    return from_dict(tree, where)
+    where = str(path) if path is not None else "config"
+    return from_dict(tree, where + (" with --set overrides" if overrides else ""))
 
 
 def save_config(config: Config, path: Path) -> None:
@@ -238,7 +236,7 @@ def _describe(hint: Any) -> str:
         elif origin is Literal:
             words.append(" or ".join(repr(v) if isinstance(v, str) else str(v).lower() for v in option.__args__))
         elif origin is list:
-            words.append(f"a list of {_describe(option.__args__[0])}s")
+            words.append("a list of " + {int: "integers", float: "numbers", str: "strings"}[option.__args__[0]])
         else:
             words.append({int: "an integer", float: "a number", str: "a string", bool: "true or false"}[option])
     return " or ".join(words)

@@ -1,0 +1,114 @@
+"""Config loading, validation and overrides: every mistake is one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mnist_mlp.cli import main
+from mnist_mlp.config import Config, load_config, save_config
+from mnist_mlp.errors import ConfigError
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_yaml_spells_out_the_builtin_defaults():
+    assert load_config(CONFIGS / "default.yaml") == Config()
+
+
+def test_seed_yaml_holds_the_report_hyperparameters():
+    config = load_config(CONFIGS / "seed.yaml")
+    assert config.model.hidden == [100, 100]
+    assert (config.model.init, config.model.init_scale) == ("normal", 0.1)
+    assert config.train.batch_size == 50
+    assert (config.train.learning_rate, config.train.lr_decay, config.train.lr_decay_epochs) == (0.001, 0.5, 2)
+    assert config.train.l1 == 0.001 and config.train.loss_after_update
+
+
+def test_partial_file_takes_defaults_for_the_rest(tmp_path):
+    config = load_config(write(tmp_path, "train:\n  epochs: 3\n"))
+    assert config.train.epochs == 3
+    assert config.train.batch_size == Config().train.batch_size
+
+
+def test_set_overrides_parse_yaml_values():
+    config = load_config(None, ["train.learning_rate=0.05", "model.hidden=[64, 32]", "train.patience=null", "seed=4"])
+    assert config.train.learning_rate == 0.05
+    assert config.model.hidden == [64, 32]
+    assert config.train.patience is None and config.seed == 4
+
+
+def test_integer_is_accepted_for_a_float():
+    assert load_config(None, ["train.learning_rate=1"]).train.learning_rate == 1.0
+
+
+def test_saved_config_loads_back_equal(tmp_path):
+    config = load_config(None, ["train.epochs=7", "data.validation_size=5000"])
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train:\n  lr: 0.1\n", "unknown key train.lr"),
+        ("speed: 3\n", "unknown key speed"),
+        ("train:\n  epochs: three\n", "train.epochs must be an integer, got 'three'"),
+        ("train:\n  epochs: 2.5\n", "train.epochs must be an integer, got 2.5"),
+        ("train:\n  learning_rate: -0.1\n", "train.learning_rate must be a positive number, got -0.1"),
+        ("train:\n  lr_decay: 1.5\n", "train.lr_decay must be in (0, 1], got 1.5"),
+        ("model:\n  init: xavier\n", "model.init must be 'normal' or 'uniform' or 'he', got 'xavier'"),
+        ("model:\n  hidden: [100, 0]\n", "model.hidden must list positive layer sizes"),
+        ("model:\n  hidden: 100\n", "model.hidden must be a list of integers, got 100"),
+        ("runtime:\n  device: tpu\n", "runtime.device must be 'auto' or 'cpu' or 'gpu'"),
+        ("train:\n  loss_after_update: 1\n", "train.loss_after_update must be true or false, got 1"),
+        ("train: 5\n", "train must be a mapping, got 5"),
+        ("- 1\n- 2\n", "expected a mapping of config sections"),
+        ("train:\n  epochs: [1\n", "not valid YAML"),
+        ("data:\n  validation_size: 60000\n", "data.validation_size must be in [0, 60000)"),
+    ],
+)
+def test_bad_configs_name_file_key_and_problem(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert message in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs", "expected section.key=value"),
+        ("train.nope=1", "unknown key train.nope"),
+        ("train.batch_size=0", "train.batch_size must be a positive integer, got 0"),
+        ("train.epochs.x=1", "train.epochs must be an integer"),
+    ],
+)
+def test_bad_overrides_name_the_override(override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [override])
+    assert message in str(caught.value)
+
+
+def test_cli_reports_config_errors_in_one_line_with_exit_2(tmp_path, capsys):
+    path = write(tmp_path, "train:\n  epochs: 0\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "train.epochs must be a positive integer, got 0" in err
+    assert not out.exists()
+
+
+def test_cli_reports_a_missing_config_file(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err

@@ -1,0 +1,176 @@
+"""A whole run: files, convergence, checkpoints, interruption and bit-identical resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mnist_mlp.cli import main
+from mnist_mlp.config import Config
+from mnist_mlp.errors import UserError
+from mnist_mlp.model import MLP
+from mnist_mlp.progress import Listener
+from mnist_mlp.run import Interrupted, converged, train_and_evaluate
+from mnist_mlp.rundir import RunDir
+from mnist_mlp.training import Diverged
+from tests.conftest import synthetic_mnist
+
+
+class RaiseSignalAt(Listener):
+    """Sends this process a signal after a given compiled call, as Ctrl-C or `kill` would."""
+
+    def __init__(self, epoch: int, step: int, signum: int = signal.SIGINT):
+        self.epoch, self.step, self.signum = epoch, step, signum
+
+    def on_call(self, epoch, step, steps_per_epoch, running_loss, seconds):
+        if (epoch, step) == (self.epoch, self.step):
+            signal.raise_signal(self.signum)
+
+
+def final_weights(run: RunDir, config: Config) -> list[np.ndarray]:
+    model = MLP(config.model, config.seed)
+    run.restore_checkpoint(model)
+    return [v.numpy() for v in model.variables_in_order]
+
+
+def without_seconds(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.fixture
+def config(tiny_config: Config) -> Config:
+    return tiny_config.replace(**{"train.epochs": 3})
+
+
+def test_converged_counts_epochs_without_improvement(config):
+    rows = [{"train_loss": loss} for loss in (1.0, 0.5, 0.49, 0.495, 0.5)]
+    train = config.train
+    assert not converged(rows, train)  # patience null: never
+    assert converged(rows, train.__class__(patience=2))
+    assert not converged(rows, train.__class__(patience=3))
+    assert converged(rows, train.__class__(patience=3, min_delta=0.1))  # 0.5 -> 0.49 is not enough
+    assert not converged(rows[:3], train.__class__(patience=2, min_delta=0.1))
+    val = [{"train_loss": 9.0, "validation_loss": loss} for loss in (1.0, 0.9, 0.8)]
+    assert not converged(val, train.__class__(patience=1))
+
+
+def test_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, config):
+    mnist = synthetic_mnist()
+    straight = RunDir.create(tmp_path / "straight", "t")
+    train_and_evaluate(config, straight, mnist=mnist)
+
+    broken = RunDir.create(tmp_path / "broken", "t")
+    with pytest.raises(Interrupted, match="Resume with: mnist-mlp train --resume") as caught:
+        train_and_evaluate(config, broken, [RaiseSignalAt(epoch=2, step=3)], mnist=mnist)
+    assert caught.value.signum == signal.SIGINT
+    assert [row["epoch"] for row in broken.read_history()] == [1]  # every finished epoch kept
+    assert not broken.metrics_file.exists()
+    train_and_evaluate(broken.read_config(), broken, resume=True, mnist=mnist)
+
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(final_weights(straight, config), final_weights(broken, config), strict=True)
+    )
+    assert without_seconds(straight.read_history()) == without_seconds(broken.read_history())
+
+
+def test_interrupt_at_an_epoch_boundary_resumes_at_the_next_epoch(tmp_path, config):
+    mnist = synthetic_mnist()
+    run = RunDir.create(tmp_path / "run", "t")
+    last_step = 10  # 200 training images / batch 20, in calls of 3, 3, 3, 1
+    with pytest.raises(Interrupted):
+        train_and_evaluate(config, run, [RaiseSignalAt(1, last_step, signal.SIGTERM)], mnist=mnist)
+    assert json.loads((run.checkpoints / "state.json").read_text())["last"] == "epoch-0001"
+    result = train_and_evaluate(config, run, resume=True, mnist=mnist)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+
+
+def test_run_writes_its_files_and_keeps_last_and_best_checkpoints(tmp_path, config):
+    run = RunDir.create(tmp_path / "run", "t")
+    result = train_and_evaluate(config, run, mnist=synthetic_mnist(n_validation=40))
+    assert run.config_file.is_file() and run.history_file.is_file() and run.metrics_file.is_file()
+    pointers = json.loads((run.checkpoints / "state.json").read_text())
+    assert pointers["last"] == "epoch-0003"
+    best_epoch = min(result.history, key=lambda r: r["validation_loss"])["epoch"]
+    assert pointers["best"] == f"epoch-{best_epoch:04d}"
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == sorted({*pointers.values(), "state.json"})
+    assert result.metrics["best_epoch"] == best_epoch
+
+
+def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, config):
+    run = RunDir.create(tmp_path / "run", "t")
+    train_and_evaluate(config, run, mnist=synthetic_mnist())
+    before = run.history_file.read_text()
+    with pytest.raises(UserError, match="already holds a run .* --overwrite"):
+        RunDir.create(tmp_path / "run", "t")
+    assert run.history_file.read_text() == before
+    RunDir.create(tmp_path / "run", "t", overwrite=True)
+    assert not run.history_file.exists()
+
+
+def test_resume_refuses_a_finished_run_and_a_folder_that_is_not_a_run(tmp_path, config):
+    run = RunDir.create(tmp_path / "run", "t")
+    train_and_evaluate(config, run, mnist=synthetic_mnist())
+    with pytest.raises(UserError, match="already finished"):
+        train_and_evaluate(config, run, resume=True, mnist=synthetic_mnist())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a run folder"):
+        RunDir.open(tmp_path / "empty")
+
+
+def test_a_checkpoint_from_another_architecture_is_refused(tmp_path, config):
+    run = RunDir.create(tmp_path / "run", "t")
+    train_and_evaluate(config, run, mnist=synthetic_mnist())
+    other = MLP(config.model.__class__(hidden=[5]), seed=0)
+    with pytest.raises(UserError, match="does not fit this model"):
+        run.restore_checkpoint(other)
+
+
+def test_a_half_written_checkpoint_is_never_the_one_loaded(tmp_path, config):
+    """A kill during a write leaves a .tmp folder that state.json does not name; loading ignores it."""
+    run = RunDir.create(tmp_path / "run", "t")
+    train_and_evaluate(config, run, mnist=synthetic_mnist())
+    (run.checkpoints / ".tmp-crashed").mkdir()
+    (run.checkpoints / ".tmp-crashed" / "ckpt.index").write_bytes(b"partial")
+    weights = final_weights(run, config)
+    assert len(weights) == 6 and all(np.isfinite(w).all() for w in weights)
+
+
+def test_divergence_is_recorded_not_crashed(tmp_path, config):
+    run = RunDir.create(tmp_path / "run", "t")
+    with pytest.raises(Diverged):
+        train_and_evaluate(config.replace(**{"train.learning_rate": 1e4}), run, mnist=synthetic_mnist())
+    assert json.loads(run.metrics_file.read_text())["status"] == "diverged"
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_training_process_checkpoints_exits_143_and_resumes(tmp_path, mnist_dir, monkeypatch):
+    """A real `mnist-mlp train` child process, killed politely after its first epoch, then resumed."""
+    out = tmp_path / "run"
+    env = {**os.environ, "MNIST_MLP_DATA_DIR": str(mnist_dir)}
+    command = [sys.executable, "-m", "mnist_mlp", "train", "--out", str(out), "--set", "train.epochs=3",
+               "--set", "train.steps_per_call=50"]  # fmt: skip
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "history.csv").exists() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 143, stderr
+    assert f"mnist-mlp train --resume {out}" in stderr
+    run = RunDir.open(out)
+    history = run.read_history()
+    assert history and [row["epoch"] for row in history] == list(range(1, len(history) + 1))
+    state = run.restore_checkpoint(MLP(run.read_config().model, 0))
+    assert state.epoch in (len(history), len(history) + 1)
+    monkeypatch.setenv("MNIST_MLP_DATA_DIR", str(mnist_dir))
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert [row["epoch"] for row in run.read_history()] == [1, 2, 3]
+    assert json.loads(run.metrics_file.read_text())["epochs"] == 3

@@ -1,0 +1,136 @@
+"""The compiled SGD: update rule, no retracing, reproducibility, fast path = step path, divergence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnist_mlp.config import Config
+from mnist_mlp.device import select_device
+from mnist_mlp.gradients import loss_gradients
+from mnist_mlp.model import forward, one_hot_columns, to_columns
+from mnist_mlp.training import Diverged, EpochProgress, Trainer, confusion_matrix, learning_rate, train_epoch
+from tests.conftest import synthetic_mnist
+
+
+def make_trainer(config: Config, n_train: int = 200) -> Trainer:
+    return Trainer(config, synthetic_mnist(n_train).train, select_device(config.runtime))
+
+
+def weights(trainer: Trainer) -> list[np.ndarray]:
+    return [v.numpy() for v in trainer.model.variables_in_order]
+
+
+def run_epochs(trainer: Trainer, epochs: int) -> None:
+    for epoch in range(1, epochs + 1):
+        train_epoch(trainer, EpochProgress(epoch))
+
+
+def test_learning_rate_halves_every_two_epochs_like_the_report():
+    config = Config().replace(**{"train.learning_rate": 0.001, "train.lr_decay": 0.5, "train.lr_decay_epochs": 2})
+    assert [learning_rate(config.train, e) for e in range(1, 7)] == [0.001, 0.001, 0.0005, 0.0005, 0.00025, 0.00025]
+
+
+def test_sgd_step_applies_w_minus_alpha_gradient_plus_l1_sign(tiny_config):
+    config = tiny_config.replace(**{"train.l1": 0.01, "train.l1_biases": True})
+    trainer = make_trainer(config)
+    images, labels = trainer.images[:20], trainer.labels[:20]
+    for bias in trainer.model.W0:  # non-zero biases so sign(W0) matters
+        bias.assign(tf.fill(bias.shape, 0.05))
+    X, y = to_columns(images), one_hot_columns(labels)
+    H, logits = forward(trainer.model, X)
+    grad_W, grad_W0 = loss_gradients(trainer.model, H, logits, y, 0.01, True)
+    before = trainer.model.W + trainer.model.W0
+    expected = [v.numpy() - 0.5 * g.numpy() for v, g in zip(before, grad_W + grad_W0, strict=True)]
+    trainer.train_step(images, labels, tf.constant(0.5))
+    for v, want in zip(trainer.model.W + trainer.model.W0, expected, strict=True):
+        np.testing.assert_allclose(v.numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_calls_do_not_retrace_across_steps_or_epochs(tiny_config):
+    trainer = make_trainer(tiny_config)
+    run_epochs(trainer, 3)  # 10 steps an epoch in calls of 3, 3, 3, 1
+    for _ in range(3):
+        trainer.train_step(trainer.images[:20], trainer.labels[:20], tf.constant(0.1))
+    trainer.evaluate(trainer.images, trainer.labels)
+    trainer.evaluate(trainer.images[:37], trainer.labels[:37])
+    assert trainer.train_steps.experimental_get_tracing_count() == 1
+    assert trainer.train_step.experimental_get_tracing_count() == 1
+    assert trainer.evaluate_chunk.experimental_get_tracing_count() == 1
+
+
+def test_same_seed_same_config_gives_bit_identical_weights(tiny_config):
+    first, second = make_trainer(tiny_config), make_trainer(tiny_config)
+    run_epochs(first, 2)
+    run_epochs(second, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(weights(first), weights(second), strict=True))
+    other = make_trainer(tiny_config.replace(seed=1))
+    run_epochs(other, 2)
+    assert not np.array_equal(weights(first)[0], weights(other)[0])
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 4, 10])
+def test_fast_path_gives_the_same_weights_as_the_step_path(tiny_config, steps_per_call):
+    config = tiny_config.replace(**{"train.steps_per_call": steps_per_call, "train.l1": 0.001})
+    fast, slow = make_trainer(config), make_trainer(config)
+    run_epochs(fast, 2)
+    batch = config.train.batch_size
+    for epoch in (1, 2):
+        order = slow.epoch_order(epoch).numpy()
+        lr = tf.constant(learning_rate(config.train, epoch), tf.float32)
+        for step in range(slow.steps_per_epoch):
+            index = order[step * batch : (step + 1) * batch]
+            slow.train_step(tf.gather(slow.images, index), tf.gather(slow.labels, index), lr)
+    assert all(np.array_equal(a, b) for a, b in zip(weights(fast), weights(slow), strict=True))
+
+
+def test_each_epoch_visits_a_new_shuffle_of_all_images(tiny_config):
+    trainer = make_trainer(tiny_config)
+    first, second = trainer.epoch_order(1).numpy(), trainer.epoch_order(2).numpy()
+    assert sorted(first.tolist()) == list(range(200)) and not np.array_equal(first, second)
+    assert np.array_equal(first, trainer.epoch_order(1).numpy())
+
+
+def test_loss_after_update_reports_the_loss_on_the_new_weights(tiny_config):
+    before, after = (make_trainer(tiny_config.replace(**{"train.loss_after_update": flag})) for flag in (False, True))
+    loss_before = train_epoch(before, EpochProgress(1)).loss_sum
+    loss_after = train_epoch(after, EpochProgress(1)).loss_sum
+    assert all(np.array_equal(a, b) for a, b in zip(weights(before), weights(after), strict=True))
+    assert loss_after < loss_before  # each batch's loss once its own step has been taken
+
+
+def test_a_diverging_rate_stops_with_a_clear_message(tiny_config):
+    trainer = make_trainer(tiny_config.replace(**{"train.learning_rate": 1e4}))
+    with pytest.raises(Diverged, match="training diverged in epoch 1 .* lower train.learning_rate"):
+        run_epochs(trainer, 2)
+
+
+def test_stop_request_leaves_the_epoch_part_done(tiny_config):
+    trainer = make_trainer(tiny_config)
+    calls = []
+    state = train_epoch(
+        trainer, EpochProgress(1), should_stop=lambda: len(calls) >= 2, on_call=lambda s, n: calls.append(s.step)
+    )
+    assert calls == [3, 6] and state.step == 6 and state.seconds > 0
+
+
+def test_confusion_matrix_and_per_digit_error():
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    predicted = np.array([0, 1, 1, 1, 2, 2])
+    matrix = confusion_matrix(labels, predicted)
+    assert matrix[0].tolist()[:3] == [1, 1, 0] and matrix[1].tolist()[:3] == [0, 2, 1] and matrix.sum() == 6
+    from mnist_mlp.training import Evaluation
+
+    ev = Evaluation(0.0, predicted, matrix)
+    assert ev.accuracy == pytest.approx(4 / 6)
+    np.testing.assert_allclose(ev.per_digit_error[:3], [0.5, 1 / 3, 0.0])
+
+
+def test_gpu_request_without_a_gpu_is_a_clear_error():
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    from mnist_mlp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="runtime.device is gpu but TensorFlow lists no GPU"):
+        select_device(Config().runtime.__class__(device="gpu"))
