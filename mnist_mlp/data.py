@@ -135,13 +135,33 @@ def parse_idx(raw: bytes, where: str, is_images: bool) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def write_idx_folder(train: Split, test: Split, folder: Path) -> None:
+    """Write the four IDX files (gzipped) into `folder`: e.g. to turn a TFDS copy into a data.dir folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, part in (("train", train), ("t10k", test)):
+        for kind, array, magic in (
+            ("images-idx3", part.images, IMAGE_MAGIC),
+            ("labels-idx1", part.labels, LABEL_MAGIC),
+        ):
+            header = np.array([magic, *array.shape], dtype=">u4").tobytes()
+            raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+            (folder / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(raw, mtime=0))
+
+
 def load_tfds() -> tuple[Split, Split]:
-    """MNIST from TensorFlow Datasets: the local copy if prepared, else one download (fails fast offline)."""
+    """MNIST from TensorFlow Datasets: the local copy if prepared, else one download (fails fast offline).
+
+    Whether a copy is cached is read off the TFDS folder before TensorFlow is even imported, so an offline
+    machine without one gets its error in about a second.
+    """
+    if not _tfds_cached():
+        _check_online()
+    import absl.logging
     import tensorflow_datasets as tfds
 
+    absl.logging.set_verbosity(absl.logging.ERROR)  # TFDS logs a warning for each folder it probes
     builder = tfds.builder("mnist")
     if not builder.is_prepared():
-        _check_online()
         try:
             builder.download_and_prepare()
         except Exception as exc:  # TFDS raises many kinds; all mean "no data"
@@ -149,6 +169,12 @@ def load_tfds() -> tuple[Split, Split]:
     splits = tfds.as_numpy(builder.as_dataset(batch_size=-1, as_supervised=True))
     return tuple(Split(images[..., 0], labels.astype(np.uint8)) for images, labels in
                  (splits["train"], splits["test"]))  # fmt: skip
+
+
+def _tfds_cached() -> bool:
+    """Whether TFDS has a prepared MNIST in its data folder ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
+    root = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+    return any((root / "mnist").glob("*/dataset_info.json"))
 
 
 def _check_online(timeout: float = 5.0) -> None:

@@ -1,7 +1,8 @@
 """A run's folder: config.yaml, history.csv, metrics.json and checkpoints/, all written atomically.
 
 Every file is written to a temporary name and renamed into place, so a crash or kill never leaves a
-half-written file; an existing run is never overwritten unless asked.
+half-written file; an existing run is never overwritten unless asked. TensorFlow is imported only by the
+checkpoint code, so that opening a run and checking its files costs no TensorFlow start-up.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import tensorflow as tf
+from typing import TYPE_CHECKING
 
 from mnist_mlp.config import Config, from_dict, save_config
 from mnist_mlp.errors import UserError
-from mnist_mlp.model import MLP
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from mnist_mlp.model import MLP
 
 RUN_FILES = ("config.yaml", "history.csv", "metrics.json")
 
@@ -75,7 +79,7 @@ class RunDir:
                 "pass --resume to continue it, --overwrite to replace it, or another --out"
             )
         if existing:
-            for stale in [*RUN_FILES, "checkpoints", "plots", "tb", "saved_model"]:
+            for stale in [*RUN_FILES, "checkpoints", "plots", "tb", "saved_model", "test_predictions.npy"]:
                 target = run.path / stale
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         run.path.mkdir(parents=True, exist_ok=True)
@@ -154,6 +158,8 @@ class RunDir:
         name = self._pointers().get(which)
         if name is None:
             raise UserError(f"{self.checkpoints}: no {which} checkpoint to restore")
+        import tensorflow as tf
+
         checkpoint, position = _checkpoint(model, CheckpointState(0, 0, 0.0, 0.0))
         try:
             checkpoint.read(str(self.checkpoints / name / "ckpt")).assert_existing_objects_matched()
@@ -183,6 +189,8 @@ def _checkpoint(model: MLP, state: CheckpointState) -> tuple[tf.train.Checkpoint
     The shuffle is a stateless function of (seed, epoch) and the learning rate a function of the epoch,
     so the position is the whole of the RNG and schedule state.
     """
+    import tensorflow as tf
+
     position = {
         "epoch": tf.Variable(state.epoch, dtype=tf.int64),
         "step": tf.Variable(state.step, dtype=tf.int64),
