@@ -145,7 +145,7 @@ def write_idx_folder(train: Split, test: Split, folder: Path) -> None:
         ):
             header = np.array([magic, *array.shape], dtype=">u4").tobytes()
             raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-            (folder / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(raw, mtime=0))
+            (folder / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(raw, compresslevel=1, mtime=0))
 
 
 def load_tfds() -> tuple[Split, Split]:

@@ -79,7 +79,7 @@ class Trainer:
             self.model = MLP(config.model, config.seed)
             self.images, self.labels = self.to_device(train)
         self.train_steps = tf.function(self._train_steps, jit_compile=device.jit_compile)
-        self.train_step = tf.function(self._train_step)  # one step per call: the slow path, for bench and tests
+        self.train_step = tf.function(self.sgd_step)  # one step per call: the slow path, for bench and tests
         self.evaluate_chunk = tf.function(
             self._evaluate_chunk,
             input_signature=[tf.TensorSpec([None, 784], tf.uint8), tf.TensorSpec([None], tf.uint8)],
@@ -102,9 +102,6 @@ class Trainer:
         if cfg.loss_after_update:  # the report's way: the batch's loss again, on the new weights
             loss = cross_entropy(forward(self.model, X)[1], y)
         return loss
-
-    def _train_step(self, images: tf.Tensor, labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
-        return self.sgd_step(images, labels, lr)
 
     def _train_steps(self, images, labels, order, first_step, count, lr) -> tf.Tensor:
         """`count` SGD steps from `first_step` of the epoch's order; returns the sum of their batch losses."""
