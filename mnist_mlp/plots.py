@@ -1,0 +1,419 @@
+"""The report's pictures: loss, accuracy and per-digit error curves, confusion matrix, misclassified digits, summary.
+
+Everything is drawn on the Agg canvas directly (no pyplot, no GUI backend, no global matplotlib state), so it
+works headless and in any thread. The curves need only history.csv; the confusion matrix and the grid of
+misclassified digits also need the test predictions, which a finished run keeps in test_predictions.npy, and
+the test images, which `mnist-mlp plot DIR` reloads through the run's config.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
+
+from mnist_mlp.config import Config
+from mnist_mlp.data import Split, load_mnist
+from mnist_mlp.errors import UserError
+from mnist_mlp.progress import Listener
+from mnist_mlp.rundir import RunDir
+
+if TYPE_CHECKING:  # importing run would pull training into `mnist-mlp plot`
+    from mnist_mlp.run import RunResult
+
+PREDICTIONS_FILE = "test_predictions.npy"
+PREDICTION_PLOTS = ("confusion_matrix.png", "misclassified.png")
+DIGITS = range(10)
+DPI = 110
+# One colour per split, the same in every figure.
+COLOURS = {"train": "tab:blue", "validation": "tab:green", "test": "tab:orange", "batch": "tab:gray"}
+REQUIRED_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "train_accuracy",
+    "test_accuracy",
+    *(f"{split}_error_{d}" for split in ("train", "test") for d in DIGITS),
+)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The run's figures as the report quotes them, from the last epoch of history.csv."""
+
+    epochs: int
+    test_accuracy: float
+    mean_per_digit_error: float
+    per_digit_error: np.ndarray  # test error of each digit
+
+    @property
+    def test_error(self) -> float:
+        return 1.0 - self.test_accuracy
+
+    @property
+    def worst_digit(self) -> int:
+        return int(np.argmax(self.per_digit_error))
+
+
+@dataclass
+class PlotReport:
+    """What `plot_run` wrote, and which plots it could not draw and why."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: tuple[str, ...] = ()
+    reason: str = ""
+
+
+class PlotWriter(Listener):
+    """At the end of a run: keep the test predictions and draw every plot into DIR/plots/."""
+
+    def on_finish(self, result: RunResult) -> None:
+        predictions = result.final["test"].predictions
+        save_predictions(result.run, predictions)
+        write_plots(result.run.plots, result.history, result.mnist.test, predictions, result.config)
+
+
+# Entry points.
+
+
+def plot_run(path: Path) -> PlotReport:
+    """Redraw a run folder's plots from its history.csv (and, when they can be had, predictions and test images)."""
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise UserError(f"{run.path}: no such run folder")
+    if not run.history_file.is_file():
+        raise UserError(f"{run.history_file}: not found; the run has not finished an epoch yet")
+    history = run.read_history()
+    config, test, predictions, reason = None, None, None, ""
+    try:
+        config = run.read_config() if run.config_file.is_file() else None
+        test, predictions = _load_test_predictions(run, config)
+    except UserError as exc:
+        reason = str(exc)
+    try:
+        written = write_plots(run.plots, history, test, predictions, config)
+    except OSError as exc:
+        raise UserError(f"{run.plots}: cannot write the plots ({exc.strerror or exc})") from None
+    return PlotReport(written, () if test is not None else PREDICTION_PLOTS, reason)
+
+
+def write_plots(
+    folder: Path,
+    history: list[dict],
+    test: Split | None = None,
+    predictions: np.ndarray | None = None,
+    config: Config | None = None,
+) -> list[Path]:
+    """Draw the curve plots from `history`, and the prediction plots when `test` and `predictions` are given.
+
+    `folder` is the run's plots/ folder; the run folder's name titles every figure.
+    """
+    check_history(history, where=str(folder.parent / "history.csv"))
+    name = folder.resolve().parent.name
+    drawings: dict[str, Callable[[], Figure]] = {
+        "loss.png": lambda: loss_figure(history, name),
+        "accuracy.png": lambda: accuracy_figure(history, name),
+        "per_digit_error.png": lambda: per_digit_error_figure(history, name),
+    }
+    if test is not None and predictions is not None:
+        drawings["confusion_matrix.png"] = lambda: confusion_figure(test.labels, predictions, name)
+        drawings["misclassified.png"] = lambda: misclassified_figure(test, predictions, name)
+    drawings["summary.png"] = lambda: summary_figure(history, config, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, draw in drawings.items():
+        save_figure(draw(), folder / filename)
+        written.append(folder / filename)
+    return written
+
+
+def save_predictions(run: RunDir, predictions: np.ndarray) -> Path:
+    """DIR/test_predictions.npy: the predicted digit of each test image (uint8), written atomically."""
+    path = run.path / PREDICTIONS_FILE
+    digits = np.asarray(predictions, dtype=np.uint8)
+    write_atomically(path, lambda file: np.save(file, digits, allow_pickle=False))
+    return path
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """Render to PNG; through write_atomically, so a crash never leaves half a picture."""
+    write_atomically(path, lambda file: figure.savefig(file, dpi=DPI, format="png"))
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a binary file through a temporary name beside it and an atomic rename (mode per the umask)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as file:
+            write(file)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# History.
+
+
+def check_history(history: list[dict], where: str) -> None:
+    """The curves need at least one epoch and the standard columns."""
+    if not history:
+        raise UserError(f"{where}: holds no epochs")
+    missing = [c for c in REQUIRED_COLUMNS if c not in history[0]]
+    if missing:
+        raise UserError(f"{where}: missing column {missing[0]} (not a mnist-mlp history)")
+
+
+def column(history: list[dict], name: str) -> np.ndarray:
+    return np.array([row[name] for row in history], dtype=float)
+
+
+def splits_in(history: list[dict]) -> list[str]:
+    """train, [validation,] test: the splits history.csv has figures for."""
+    return [s for s in ("train", "validation", "test") if f"{s}_loss" in history[0]]
+
+
+def per_digit_errors(history: list[dict], split: str) -> np.ndarray:
+    """[epochs, 10]: the classification error of each digit per epoch on `split`."""
+    return np.array([[row[f"{split}_error_{d}"] for d in DIGITS] for row in history], dtype=float)
+
+
+def headline(history: list[dict]) -> Headline:
+    last = history[-1]
+    errors = per_digit_errors(history, "test")[-1]
+    return Headline(len(history), float(last["test_accuracy"]), float(errors.mean()), errors)
+
+
+# Figures.
+
+
+def new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)  # Agg, attached explicitly: no pyplot, no display
+    return figure
+
+
+def epoch_axis(ax, history: list[dict]) -> None:
+    """Whole-number epoch ticks on x, starting at the first epoch."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = column(history, "epoch")
+    ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+    ax.grid(True, alpha=0.3)
+
+
+def draw_loss(ax, history: list[dict]) -> None:
+    epochs = column(history, "epoch")
+    if "batch_loss" in history[0]:
+        ax.plot(epochs, column(history, "batch_loss"), ":", color=COLOURS["batch"],
+                label="train, mean mini-batch loss during the epoch")  # fmt: skip
+    for split in splits_in(history):
+        ax.plot(epochs, column(history, f"{split}_loss"), "o-", ms=3, color=COLOURS[split], label=split)
+    ax.set_ylabel("cross-entropy loss (nats per image)")
+    values = np.concatenate([line.get_ydata() for line in ax.get_lines()])
+    values = values[np.isfinite(values)]
+    if values.size and values.max() > 0:
+        ax.set_ylim(0, 1.4 * values.max())  # room above the curves for the legend
+    epoch_axis(ax, history)
+    ax.legend(loc="upper right")
+
+
+def draw_accuracy(ax, history: list[dict]) -> None:
+    epochs = column(history, "epoch")
+    for split in splits_in(history):
+        values = 100 * column(history, f"{split}_accuracy")
+        ax.plot(epochs, values, "o-", ms=3, color=COLOURS[split], label=f"{split} (last {values[-1]:.2f}%)")
+    ax.set_ylabel("accuracy (% of images)")
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=1))
+    epoch_axis(ax, history)
+    ax.legend(loc="lower right")
+
+
+def loss_figure(history: list[dict], name: str) -> Figure:
+    figure = new_figure(8, 5)
+    ax = figure.subplots()
+    draw_loss(ax, history)
+    ax.set_title(f"Loss per epoch — {name}")
+    return figure
+
+
+def accuracy_figure(history: list[dict], name: str) -> Figure:
+    figure = new_figure(8, 5)
+    ax = figure.subplots()
+    draw_accuracy(ax, history)
+    ax.set_title(f"Accuracy per epoch — {name}")
+    return figure
+
+
+def per_digit_error_figure(history: list[dict], name: str) -> Figure:
+    """Ten panels, one per digit, train and test error per epoch on one shared y scale."""
+    figure = new_figure(16, 6.5)
+    axes = figure.subplots(2, 5, sharex=True, sharey=True)
+    epochs = column(history, "epoch")
+    errors = {split: 100 * per_digit_errors(history, split) for split in ("train", "test")}
+    for digit, ax in zip(DIGITS, axes.flat, strict=True):
+        for split, values in errors.items():
+            ax.plot(epochs, values[:, digit], "o-", ms=2.5, color=COLOURS[split], label=split)
+        ax.set_title(f"Digit {digit} (test {errors['test'][-1, digit]:.2f}%)")
+        epoch_axis(ax, history)
+        ax.label_outer()
+    for ax in axes[:, 0]:
+        ax.set_ylabel("classification error (%)")
+    axes[0, 0].set_ylim(bottom=0)
+    axes[0, 0].yaxis.set_major_formatter(PercentFormatter(decimals=1))
+    axes[0, 0].legend(loc="upper right")
+    figure.suptitle(f"Classification error per digit (images of the digit classified as another) — {name}")
+    return figure
+
+
+def confusion_figure(labels: np.ndarray, predictions: np.ndarray, name: str) -> Figure:
+    """Counts in the cells; colour is the share of the true digit's images (row-normalised)."""
+    counts = np.zeros((10, 10), dtype=np.int64)  # counted here: training.confusion_matrix would import TensorFlow
+    np.add.at(counts, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure = new_figure(8.5, 7.5)
+    ax = figure.subplots()
+    # A square-root colour scale: the 1-2 % confusions stay visible next to a ~98 % diagonal.
+    image = ax.imshow(100 * shares, cmap="Blues", norm=PowerNorm(gamma=0.5, vmin=0, vmax=100))
+    for (true, predicted), count in np.ndenumerate(counts):
+        if count:
+            dark = shares[true, predicted] > 0.4
+            ax.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")  # fmt: skip
+    ax.set_xticks(DIGITS)
+    ax.set_yticks(DIGITS)
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"Confusion matrix, test set ({counts.sum():,} images, accuracy {accuracy:.2%})\n{name}")
+    colourbar = figure.colorbar(image, ax=ax, shrink=0.85)
+    colourbar.set_label("share of the true digit's test images (%)")
+    return figure
+
+
+def misclassified_figure(test: Split, predictions: np.ndarray, name: str, per_digit: int = 5) -> Figure:
+    """Column d: the first `per_digit` test images of digit d that the model gets wrong, titled true → predicted."""
+    wrong = np.flatnonzero(test.labels != predictions)
+    figure = new_figure(13, 1.45 * per_digit + 1.2)
+    axes = figure.subplots(per_digit, 10, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for digit in DIGITS:
+        examples = wrong[test.labels[wrong] == digit][:per_digit]
+        for ax, index in zip(axes[:, digit], examples, strict=False):
+            ax.imshow(test.images[index], cmap="gray_r", vmin=0, vmax=255)
+            ax.set_title(f"{digit} → {predictions[index]}", fontsize=10)
+    figure.suptitle(
+        f"Misclassified test digits, true → predicted: first {per_digit} of each digit "
+        f"({len(wrong):,} wrong of {len(test):,}) — {name}"
+    )
+    return figure
+
+
+def summary_figure(history: list[dict], config: Config | None, name: str) -> Figure:
+    """One page: loss and accuracy curves, the headline figures, per-digit final errors, learning rate."""
+    figure = new_figure(16, 9)
+    grid = figure.add_gridspec(2, 3)
+    loss_ax, accuracy_ax, text_ax = (figure.add_subplot(grid[0, i]) for i in range(3))
+    draw_loss(loss_ax, history)
+    loss_ax.set_title("Loss per epoch")
+    draw_accuracy(accuracy_ax, history)
+    accuracy_ax.set_title("Accuracy per epoch")
+    seconds = float(column(history, "seconds").sum()) if "seconds" in history[0] else None
+    draw_headline(text_ax, headline(history), config, seconds)
+    draw_digit_bars(figure.add_subplot(grid[1, :2]), history)
+    draw_learning_rate(figure.add_subplot(grid[1, 2]), history)
+    figure.suptitle(f"Run summary — {name}", fontsize=15)
+    return figure
+
+
+def draw_learning_rate(ax, history: list[dict]) -> None:
+    """The step-decay schedule, one flat step per epoch, each distinct rate labelled on a log axis."""
+    if "learning_rate" in history[0]:
+        rates = column(history, "learning_rate")
+        ax.plot(column(history, "epoch"), rates, "o-", ms=3, drawstyle="steps-mid", color="tab:purple")
+        ax.set_yscale("log")
+        levels = np.unique(rates[np.isfinite(rates) & (rates > 0)])
+        if 0 < len(levels) <= 8:
+            ax.set_yticks(levels, [f"{rate:g}" for rate in levels])
+            ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_ylabel("learning rate α (log scale)")
+    ax.set_title("Learning-rate schedule")
+    epoch_axis(ax, history)
+
+
+def draw_digit_bars(ax, history: list[dict]) -> None:
+    digits = np.arange(10)
+    width = 0.4
+    for offset, split in ((-width / 2, "train"), (width / 2, "test")):
+        errors = 100 * per_digit_errors(history, split)[-1]
+        bars = ax.bar(digits + offset, errors, width, color=COLOURS[split], label=split)
+        if split == "test":
+            ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
+    ax.set_xticks(digits)
+    ax.set_xlabel("digit")
+    ax.set_ylabel("classification error (%)")
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=1))
+    ax.set_title(f"Per-digit classification error after the last epoch ({len(history)})")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend()
+
+
+def draw_headline(ax, figures: Headline, config: Config | None, seconds: float | None) -> None:
+    worst = figures.worst_digit
+    lines = [
+        f"test accuracy         {figures.test_accuracy:.2%}",
+        f"test error            {figures.test_error:.2%}",
+        f"mean per-digit error  {figures.mean_per_digit_error:.2%}",
+        f"worst digit           {worst} ({figures.per_digit_error[worst]:.2%})",
+        f"best digit            {int(np.argmin(figures.per_digit_error))} ({figures.per_digit_error.min():.2%})",
+        f"epochs                {figures.epochs}",
+    ]
+    if seconds is not None:
+        lines.append(f"training time         {seconds:.1f} s")
+    if config is not None:
+        train = config.train
+        lines += [
+            "",
+            f"network     784-{'-'.join(map(str, config.model.hidden))}-10 (init {config.model.init})",
+            f"batch size  {train.batch_size}",
+            f"α schedule  {train.learning_rate:g}, × {train.lr_decay:g} every {train.lr_decay_epochs} epochs",
+            f"L1 λ        {train.l1:g}" + (" (biases too)" if train.l1_biases else ""),
+        ]
+    ax.set_axis_off()
+    ax.set_title("Headline figures (test set, last epoch)")
+    ax.text(0.02, 0.95, "\n".join(lines), family="monospace", fontsize=13, va="top", transform=ax.transAxes)
+
+
+# Predictions for `mnist-mlp plot`.
+
+
+def _load_test_predictions(run: RunDir, config: Config | None) -> tuple[Split, np.ndarray]:
+    """The run's test images (reloaded per its config) and saved predictions; UserError says why not."""
+    path = run.path / PREDICTIONS_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: not found (written when a run finishes)")
+    if config is None:
+        raise UserError(f"{run.config_file}: not found, so the test images cannot be reloaded")
+    try:
+        predictions = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        raise UserError(f"{path}: not a readable .npy file") from None
+    if (
+        predictions.ndim != 1
+        or not np.issubdtype(predictions.dtype, np.integer)
+        or not np.all((predictions >= 0) & (predictions <= 9))
+    ):
+        raise UserError(f"{path}: expected one predicted digit 0-9 per test image")
+    test = load_mnist(config.data).test
+    if len(predictions) != len(test):
+        raise UserError(f"{path}: holds {len(predictions)} predictions, the run's test set has {len(test)} images")
+    return test, predictions

@@ -1,0 +1,67 @@
+"""TensorBoard logs of a run: per-epoch scalars written with tf.summary into DIR/tb/.
+
+One writer per split (DIR/tb/train, DIR/tb/validation, DIR/tb/test) with the same tags, so TensorBoard draws
+train and test on one chart: loss, accuracy and per_digit_error/digit_0 … digit_9, as in the report's plots.
+The learning rate, the mean mini-batch loss and the epoch's training time go to the train writer.
+`tensorboard --logdir runs` shows every run under runs/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import tensorflow as tf
+
+from mnist_mlp.progress import Listener
+
+if TYPE_CHECKING:
+    from mnist_mlp.run import RunResult
+
+SPLITS = ("train", "validation", "test")
+
+
+def epoch_scalars(row: dict) -> dict[str, dict[str, float]]:
+    """A history.csv row as {split: {tag: value}}: the scalars TensorBoard shows for that epoch."""
+    scalars: dict[str, dict[str, float]] = {}
+    for split in SPLITS:
+        if f"{split}_loss" not in row:
+            continue
+        tags = {"loss": row[f"{split}_loss"], "accuracy": row[f"{split}_accuracy"]}
+        digit_errors = [row[f"{split}_error_{d}"] for d in range(10) if f"{split}_error_{d}" in row]
+        if digit_errors:
+            tags |= {f"per_digit_error/digit_{d}": error for d, error in enumerate(digit_errors)}
+            tags["per_digit_error/mean"] = sum(digit_errors) / len(digit_errors)
+        scalars[split] = tags
+    scalars["train"] |= {
+        "learning_rate": row["learning_rate"],
+        "loss_mini_batch_mean": row["batch_loss"],
+        "epoch_seconds": row["seconds"],
+    }
+    return scalars
+
+
+class TensorBoardWriter(Listener):
+    """Writes each epoch's scalars (step = epoch) and flushes, so a live TensorBoard follows the run."""
+
+    def __init__(self, logdir: Path):
+        self.logdir = Path(logdir)
+        self.writers: dict[str, tf.summary.SummaryWriter] = {}
+
+    def on_epoch(self, row: dict) -> None:
+        for split, tags in epoch_scalars(row).items():
+            writer = self._writer(split)
+            with writer.as_default(step=int(row["epoch"])):
+                for tag, value in tags.items():
+                    tf.summary.scalar(tag, float(value))
+            writer.flush()
+
+    def on_finish(self, result: RunResult) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+    def _writer(self, split: str) -> tf.summary.SummaryWriter:
+        if split not in self.writers:
+            self.writers[split] = tf.summary.create_file_writer(str(self.logdir / split))
+        return self.writers[split]

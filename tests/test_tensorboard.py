@@ -1,0 +1,51 @@
+"""TensorBoard logs: one event folder per split, every epoch's scalars at step = epoch, equal to history.csv."""
+
+from __future__ import annotations
+
+import pytest
+import tensorflow as tf
+
+from mnist_mlp.run import train_and_evaluate
+from mnist_mlp.rundir import RunDir
+from mnist_mlp.tensorboard import TensorBoardWriter, epoch_scalars
+from tests.conftest import synthetic_mnist
+
+
+def read_scalars(folder) -> dict[tuple[str, int], float]:
+    """{(tag, step): value} from every event file in `folder`."""
+    values = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                values[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def test_epoch_scalars_group_a_history_row_by_split():
+    row = {"epoch": 3, "learning_rate": 0.05, "seconds": 0.7, "batch_loss": 0.2, "train_loss": 0.1,
+           "train_accuracy": 0.97, "test_loss": 0.12, "test_accuracy": 0.96}  # fmt: skip
+    row |= {f"{split}_error_{d}": d / 100 for split in ("train", "test") for d in range(10)}
+    scalars = epoch_scalars(row)
+    assert set(scalars) == {"train", "test"}  # no validation split in this row
+    assert scalars["test"]["loss"] == 0.12 and scalars["test"]["per_digit_error/digit_7"] == 0.07
+    assert scalars["test"]["per_digit_error/mean"] == pytest.approx(0.045)
+    assert scalars["train"]["learning_rate"] == 0.05 and "learning_rate" not in scalars["test"]
+
+
+def test_a_run_logs_each_epoch_equal_to_its_history(tmp_path, tiny_config):
+    run = RunDir.create(tmp_path / "run", "t")
+    config = tiny_config.replace(**{"train.epochs": 3})
+    result = train_and_evaluate(
+        config, run, [TensorBoardWriter(run.path / "tb")], mnist=synthetic_mnist(n_validation=40)
+    )
+    assert sorted(p.name for p in (run.path / "tb").iterdir()) == ["test", "train", "validation"]
+    logged = {split: read_scalars(run.path / "tb" / split) for split in ("train", "validation", "test")}
+    for row in result.history:
+        epoch = row["epoch"]
+        for split in ("train", "validation", "test"):
+            assert logged[split][("loss", epoch)] == pytest.approx(row[f"{split}_loss"], rel=1e-6)
+            assert logged[split][("accuracy", epoch)] == pytest.approx(row[f"{split}_accuracy"], rel=1e-6)
+        for d in range(10):
+            assert logged["test"][(f"per_digit_error/digit_{d}", epoch)] == pytest.approx(row[f"test_error_{d}"])
+        assert logged["train"][("learning_rate", epoch)] == pytest.approx(row["learning_rate"])
+    assert {step for _, step in logged["test"]} == {1, 2, 3}
