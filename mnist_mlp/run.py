@@ -21,7 +21,15 @@ from mnist_mlp.errors import UserError
 from mnist_mlp.model import MLP
 from mnist_mlp.progress import Listener
 from mnist_mlp.rundir import CheckpointState, RunDir
-from mnist_mlp.training import Diverged, EpochProgress, Evaluation, Trainer, learning_rate, train_epoch
+from mnist_mlp.training import (
+    Diverged,
+    EpochProgress,
+    Evaluation,
+    Trainer,
+    headline_metrics,
+    learning_rate,
+    train_epoch,
+)
 
 
 @dataclass(frozen=True)
@@ -116,14 +124,9 @@ def epoch_row(epoch: int, lr: float, progress: EpochProgress, evaluations: dict[
 
 def summary_metrics(history: list[dict], final: dict[str, Evaluation], status: str, extra: dict) -> dict:
     """metrics.json: the final epoch's figures, per-digit test errors and totals."""
-    test = final["test"]
     metrics = {
         "status": status,
-        "test_accuracy": test.accuracy,
-        "test_error": 1.0 - test.accuracy,
-        "mean_per_digit_test_error": float(test.per_digit_error.mean()),
-        "per_digit_test_error": [float(e) for e in test.per_digit_error],
-        "test_loss": test.loss,
+        **headline_metrics(final["test"]),
         "train_accuracy": final["train"].accuracy,
         "train_loss": final["train"].loss,
     }

@@ -50,9 +50,21 @@ class Evaluation:
 
     @property
     def per_digit_error(self) -> np.ndarray:
-        """For each digit, the fraction of its images classified as another digit."""
+        """For each digit, the fraction of its images classified as another digit; 0 for a digit with no
+        images (possible only in a sliced test set), which has no errors to count."""
         per_digit = self.confusion.sum(axis=1)
-        return 1.0 - np.diag(self.confusion) / np.maximum(per_digit, 1)
+        return np.where(per_digit > 0, 1.0 - np.diag(self.confusion) / np.maximum(per_digit, 1), 0.0)
+
+
+def headline_metrics(test: Evaluation) -> dict:
+    """The test figures under metrics.json's names (used at the end of training and by `evaluate`)."""
+    return {
+        "test_accuracy": test.accuracy,
+        "test_error": 1.0 - test.accuracy,
+        "mean_per_digit_test_error": float(test.per_digit_error.mean()),
+        "per_digit_test_error": [float(e) for e in test.per_digit_error],
+        "test_loss": test.loss,
+    }
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
@@ -105,10 +117,15 @@ class Trainer:
 
     def _train_steps(self, images, labels, order, first_step, count, lr) -> tf.Tensor:
         """`count` SGD steps from `first_step` of the epoch's order; returns the sum of their batch losses."""
-        total = tf.constant(0.0)
-        for step in tf.range(first_step, first_step + count):
+
+        def one_step(step: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             batch = tf.slice(order, [step * self.batch_size], [self.batch_size])
-            total += self.sgd_step(tf.gather(images, batch), tf.gather(labels, batch), lr)
+            return step + 1, total + self.sgd_step(tf.gather(images, batch), tf.gather(labels, batch), lr)
+
+        # An explicit while_loop, not `for step in tf.range(...)`: AutoGraph's range loop makes XLA treat the
+        # bounds as compile-time constants and recompile for every new first_step (seconds per epoch).
+        last = first_step + count
+        _, total = tf.while_loop(lambda step, _: step < last, one_step, [first_step, tf.constant(0.0)])
         return total
 
     def epoch_order(self, epoch: int) -> tf.Tensor:

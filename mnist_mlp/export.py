@@ -1,0 +1,105 @@
+"""The served artefact: a TensorFlow SavedModel of a trained MLP, loadable with TensorFlow alone.
+
+DIR/saved_model has two signatures, both returning {"probabilities": float32 [N, 10], "digit": int32 [N]}:
+  serving_default  images: uint8 [N, 28, 28], MNIST-like (light ink on black, 0-255)
+  serving_float    pixels: float32 [N, 784] in [0, 1], rows of 28 pixels one after another
+The math is model.forward and model.log_softmax, traced into the graph, so it cannot drift from training.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tensorflow as tf
+
+from mnist_mlp.errors import UserError
+from mnist_mlp.model import N_PIXELS, forward, log_softmax, to_columns
+from mnist_mlp.progress import Listener
+
+if TYPE_CHECKING:
+    from mnist_mlp.model import MLP
+    from mnist_mlp.run import RunResult
+
+SAVED_MODEL = "saved_model"  # the folder's name inside a run
+SIGNATURES = ("serving_default", "serving_float")
+
+
+class ServingModel(tf.Module):
+    """Copies of an MLP's weights and the two serving functions; what tf.saved_model.save writes."""
+
+    def __init__(self, model: MLP):
+        super().__init__(name="mnist_mlp_serving")
+        # Own copies: training may go on changing the model's variables after an export.
+        self.W = [tf.Variable(w, trainable=False, name=f"W{i + 1}") for i, w in enumerate(model.W)]
+        self.W0 = [tf.Variable(b, trainable=False, name=f"W0_{i + 1}") for i, b in enumerate(model.W0)]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
+    def classify_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """uint8 images [N, 28, 28] to class probabilities and digits."""
+        return self._classify(to_columns(images, self.W[0].dtype))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, N_PIXELS], tf.float32, name="pixels")])
+    def classify_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        """float32 pixels [N, 784] in [0, 1] to class probabilities and digits."""
+        return self._classify(tf.transpose(tf.cast(pixels, self.W[0].dtype)))
+
+    def _classify(self, X: tf.Tensor) -> dict[str, tf.Tensor]:
+        _, logits = forward(self, X)  # columns are images, as in training
+        return {
+            "probabilities": tf.cast(tf.transpose(tf.exp(log_softmax(logits))), tf.float32),
+            "digit": tf.argmax(logits, axis=0, output_type=tf.int32),  # as Trainer.evaluate picks it
+        }
+
+
+def export_saved_model(model: MLP, target: Path) -> Path:
+    """Write `model` as a SavedModel at `target`, replacing any there; a crash leaves the old or the new one."""
+    target = Path(target)
+    serving = ServingModel(model)
+    signatures = {"serving_default": serving.classify_images, "serving_float": serving.classify_pixels}
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the served model from other users
+    try:
+        tf.saved_model.save(serving, str(staging), signatures=signatures)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Rename a complete folder onto `target`; an old folder is first renamed aside, then removed."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-old-"))
+    os.replace(target, retired / target.name)
+    os.replace(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def load_saved_model(path: Path) -> Any:
+    """Load a SavedModel written by export_saved_model (a TF object with .signatures), or raise UserError."""
+    path = Path(path)
+    if not (path / "saved_model.pb").is_file():
+        raise UserError(f"{path}: not a SavedModel (no saved_model.pb)")
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # TF raises many kinds (protobuf, OpError, ValueError); all mean "unreadable"
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{path}: cannot load the SavedModel ({reason})") from None
+    missing = [name for name in SIGNATURES if name not in loaded.signatures]
+    if missing:
+        raise UserError(f"{path}: SavedModel lacks the signature {missing[0]}")
+    return loaded
+
+
+class SavedModelWriter(Listener):
+    """Exports the finished run's model to RUN/saved_model, so every finished run can be served."""
+
+    def on_finish(self, result: RunResult) -> None:
+        export_saved_model(result.model, result.run.path / SAVED_MODEL)
