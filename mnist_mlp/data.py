@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_mlp import import_tensorflow_quietly
 from mnist_mlp.config import DataConfig
 from mnist_mlp.errors import DataError
 
@@ -156,6 +157,7 @@ def load_tfds() -> tuple[Split, Split]:
     """
     if not _tfds_cached():
         _check_online()
+    import_tensorflow_quietly()  # TFDS imports TensorFlow
     import absl.logging
     import tensorflow_datasets as tfds
 
