@@ -3,6 +3,7 @@
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 # TensorFlow's C++ start-up log (CUDA probes, oneDNN notices) stays off the user's terminal unless asked for.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -10,18 +11,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 __version__ = "0.1.0"
 
 
-def import_tensorflow_quietly() -> None:
-    """Import TensorFlow with file descriptor 2 closed: some of its plugins register themselves with log
-    lines that ignore TF_CPP_MIN_LOG_LEVEL. Later imports reuse the loaded module."""
-    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] != "3":
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the duration, unless the user asked for TensorFlow's logs.
+
+    Some of TensorFlow's C++ logging ignores TF_CPP_MIN_LOG_LEVEL: plugins registering themselves at import,
+    XLA announcing a compilation. Python exceptions still surface (they are printed after the block).
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            with contextlib.suppress(ImportError):  # a broken install is reported by the real import later
-                import tensorflow  # noqa: F401
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow without its start-up noise; later imports reuse the loaded module."""
+    if "tensorflow" in sys.modules:
+        return
+    with native_stderr_silenced(), contextlib.suppress(ImportError):  # a broken install: the real import reports it
+        import tensorflow  # noqa: F401

@@ -40,8 +40,14 @@ def with_l1(grads: list[tf.Tensor], params: list[tf.Variable], l1: float | tf.Te
 def loss_gradients(
     model: MLP, H: list[tf.Tensor], logits: tf.Tensor, y: tf.Tensor, l1: float | tf.Tensor, l1_biases: bool
 ) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
-    """Gradients of cross-entropy + λ‖W‖₁ (biases regularized only if l1_biases)."""
+    """Gradients of cross-entropy + λ‖W‖₁ (biases regularized only if l1_biases).
+
+    With λ = 0 (a Python number) the sign terms are left out of the graph: they would only add zeros,
+    at a cost of about 5% of a training step.
+    """
     grad_W, grad_W0 = backprop(model, H, logits, y)
+    if isinstance(l1, int | float) and l1 == 0:
+        return grad_W, grad_W0
     grad_W = with_l1(grad_W, model.W, l1)
     if l1_biases:
         grad_W0 = with_l1(grad_W0, model.W0, l1)

@@ -8,6 +8,7 @@ stateless function of (seed, epoch), so a run is reproducible and resumable to t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from mnist_mlp import native_stderr_silenced
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Split
 from mnist_mlp.device import Device
@@ -105,15 +107,16 @@ class Trainer:
     def sgd_step(self, images: tf.Tensor, labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
         """One mini-batch: forward, hand-written backprop, W ← W − α(∇W + λ·sign(W)); returns the batch loss."""
         cfg = self.config.train
-        X, y = to_columns(images), one_hot_columns(labels)
-        H, logits = forward(self.model, X)
-        loss = cross_entropy(logits, y)
-        grad_W, grad_W0 = loss_gradients(self.model, H, logits, y, cfg.l1, cfg.l1_biases)
-        for param, grad in zip(self.model.W + self.model.W0, grad_W + grad_W0, strict=True):
-            param.assign_sub(lr * grad)  # W(t) = W(t−1) − α(∇W + λ ∂R/∂W)
-        if cfg.loss_after_update:  # the report's way: the batch's loss again, on the new weights
-            loss = cross_entropy(forward(self.model, X)[1], y)
-        return loss
+        with tf.device(self.device.name):  # else, on a Mac with runtime.device=cpu, ops could land on the GPU
+            X, y = to_columns(images), one_hot_columns(labels)
+            H, logits = forward(self.model, X)
+            loss = cross_entropy(logits, y)
+            grad_W, grad_W0 = loss_gradients(self.model, H, logits, y, cfg.l1, cfg.l1_biases)
+            for param, grad in zip(self.model.W + self.model.W0, grad_W + grad_W0, strict=True):
+                param.assign_sub(lr * grad)  # W(t) = W(t−1) − α(∇W + λ ∂R/∂W)
+            if cfg.loss_after_update:  # the report's way: the batch's loss again, on the new weights
+                loss = cross_entropy(forward(self.model, X)[1], y)
+            return loss
 
     def _train_steps(self, images, labels, order, first_step, count, lr) -> tf.Tensor:
         """`count` SGD steps from `first_step` of the epoch's order; returns the sum of their batch losses."""
@@ -124,9 +127,10 @@ class Trainer:
 
         # An explicit while_loop, not `for step in tf.range(...)`: AutoGraph's range loop makes XLA treat the
         # bounds as compile-time constants and recompile for every new first_step (seconds per epoch).
-        last = first_step + count
-        _, total = tf.while_loop(lambda step, _: step < last, one_step, [first_step, tf.constant(0.0)])
-        return total
+        with tf.device(self.device.name):
+            last = first_step + count
+            _, total = tf.while_loop(lambda step, _: step < last, one_step, [first_step, tf.constant(0.0)])
+            return total
 
     def epoch_order(self, epoch: int) -> tf.Tensor:
         """The epoch's shuffle of the training images: a stateless draw from (seed, epoch), made on the CPU."""
@@ -139,7 +143,8 @@ class Trainer:
     def run_steps(self, order: tf.Tensor, first_step: int, count: int, lr: float) -> float:
         """Run `count` steps in one compiled call; returns the summed batch loss (a sync point)."""
         args = (tf.constant(first_step, tf.int32), tf.constant(count, tf.int32), tf.constant(lr, tf.float32))
-        return float(self.train_steps(self.images, self.labels, order, *args))
+        with native_stderr_silenced() if self.device.jit_compile else contextlib.nullcontext():  # XLA's C++ log
+            return float(self.train_steps(self.images, self.labels, order, *args))
 
     def evaluate(self, images: tf.Tensor, labels: tf.Tensor) -> Evaluation:
         """Mean loss and confusion matrix over a split held on the device."""
@@ -154,10 +159,11 @@ class Trainer:
         return Evaluation(total / len(truth), predicted, confusion_matrix(truth, predicted))
 
     def _evaluate_chunk(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        y = one_hot_columns(labels)
-        _, logits = forward(self.model, to_columns(images))
-        M = tf.cast(tf.shape(labels)[0], tf.float32)
-        return cross_entropy(logits, y) * M, tf.argmax(logits, axis=0, output_type=tf.int32)
+        with tf.device(self.device.name):
+            y = one_hot_columns(labels)
+            _, logits = forward(self.model, to_columns(images))
+            M = tf.cast(tf.shape(labels)[0], tf.float32)
+            return cross_entropy(logits, y) * M, tf.argmax(logits, axis=0, output_type=tf.int32)
 
 
 @dataclass
