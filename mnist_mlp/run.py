@@ -48,11 +48,19 @@ class RunResult:
 class Interrupted(Exception):
     """Training stopped on a signal after checkpointing; exit status 128 + signal number."""
 
-    def __init__(self, signum: int, run: RunDir, state: EpochProgress):
+    def __init__(self, signum: int, message: str):
+        super().__init__(signum, message)  # both in args, so it pickles across sweep worker processes
         self.signum = signum
-        super().__init__(
+
+    def __str__(self) -> str:
+        return self.args[1]
+
+    @classmethod
+    def at(cls, signum: int, run: RunDir, state: EpochProgress) -> Interrupted:
+        return cls(
+            signum,
             f"interrupted in epoch {state.epoch} after step {state.step}; checkpoint saved. "
-            f"Resume with: mnist-mlp train --resume {run.path}"
+            f"Resume with: mnist-mlp train --resume {run.path}",
         )
 
 
@@ -193,7 +201,7 @@ def train_and_evaluate(
             if progress.step < trainer.steps_per_epoch:  # stopped by a signal mid-epoch
                 state = CheckpointState(progress.epoch, progress.step, progress.loss_sum, progress.seconds)
                 run.save_checkpoint(trainer.model, state)
-                raise Interrupted(stop.signum, run, progress)
+                raise Interrupted.at(stop.signum, run, progress)
             lr = learning_rate(config.train, progress.epoch)
             history.append(epoch_row(progress.epoch, lr, progress, _evaluate(trainer, splits)))
             run.write_history(history)
@@ -204,7 +212,7 @@ def train_and_evaluate(
                 status = "converged"
                 break
             if stop():
-                raise Interrupted(stop.signum, run, EpochProgress(progress.epoch + 1))
+                raise Interrupted.at(stop.signum, run, EpochProgress(progress.epoch + 1))
             progress = EpochProgress(progress.epoch + 1)
 
     final = _evaluate(trainer, splits)

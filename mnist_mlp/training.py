@@ -31,10 +31,13 @@ class Diverged(Exception):
     """The training loss became non-finite or exceeded train.divergence_loss."""
 
     def __init__(self, epoch: int, loss: float, learning_rate: float):
-        self.epoch, self.loss = epoch, loss
-        super().__init__(
-            f"training diverged in epoch {epoch} (mean batch loss {loss:.4g}) at learning rate "
-            f"{learning_rate:g}; lower train.learning_rate or decay it sooner (train.lr_decay_epochs)"
+        super().__init__(epoch, loss, learning_rate)  # all in args, so it pickles across processes
+        self.epoch, self.loss, self.learning_rate = epoch, loss, learning_rate
+
+    def __str__(self) -> str:
+        return (
+            f"training diverged in epoch {self.epoch} (mean batch loss {self.loss:.4g}) at learning rate "
+            f"{self.learning_rate:g}; lower train.learning_rate or decay it sooner (train.lr_decay_epochs)"
         )
 
 

@@ -174,3 +174,13 @@ def test_sigterm_to_a_training_process_checkpoints_exits_143_and_resumes(tmp_pat
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
     assert [row["epoch"] for row in run.read_history()] == [1, 2, 3]
     assert json.loads(run.metrics_file.read_text())["epochs"] == 3
+
+
+def test_run_exceptions_survive_pickling_across_worker_processes():
+    """Sweep workers send these back to the parent process; a lost argument used to hang the pool."""
+    import pickle
+
+    interrupted = pickle.loads(pickle.dumps(Interrupted(signal.SIGTERM, "stopped")))
+    assert (interrupted.signum, str(interrupted)) == (signal.SIGTERM, "stopped")
+    diverged = pickle.loads(pickle.dumps(Diverged(3, float("inf"), 0.5)))
+    assert diverged.epoch == 3 and "diverged in epoch 3" in str(diverged)
