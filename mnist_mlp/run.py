@@ -187,23 +187,22 @@ def train_and_evaluate(
             listener.on_call(state.epoch, state.step, steps_per_epoch, state.loss_sum / state.step, state.seconds)
 
     extra = {"device": device.describe(), "tensorflow": tf.__version__, "data": mnist.source}
-    status = "finished"
+    status, final = "finished", None  # final: the last finished epoch's evaluations
     with stop_on_signals() as stop:
         while progress.epoch <= config.train.epochs:
             try:
                 train_epoch(trainer, progress, on_call, should_stop=stop)
-            except Diverged:
-                if history:
-                    run.write_metrics(summary_metrics(history, _evaluate(trainer, splits), "diverged", extra))
-                else:
-                    run.write_metrics({"status": "diverged", "epochs": 0, **extra})
+            except Diverged:  # metrics of the last finished epoch, not of the diverged weights
+                diverged = {"status": "diverged", "epochs": len(history), **extra}
+                run.write_metrics(summary_metrics(history, final, "diverged", extra) if final else diverged)
                 raise
             if progress.step < trainer.steps_per_epoch:  # stopped by a signal mid-epoch
                 state = CheckpointState(progress.epoch, progress.step, progress.loss_sum, progress.seconds)
                 run.save_checkpoint(trainer.model, state)
                 raise Interrupted.at(stop.signum, run, progress)
             lr = learning_rate(config.train, progress.epoch)
-            history.append(epoch_row(progress.epoch, lr, progress, _evaluate(trainer, splits)))
+            final = _evaluate(trainer, splits)
+            history.append(epoch_row(progress.epoch, lr, progress, final))
             run.write_history(history)
             run.save_checkpoint(trainer.model, CheckpointState(progress.epoch, 0, 0.0, 0.0), best=is_best(history))
             for listener in listeners:
@@ -215,7 +214,6 @@ def train_and_evaluate(
                 raise Interrupted.at(stop.signum, run, EpochProgress(progress.epoch + 1))
             progress = EpochProgress(progress.epoch + 1)
 
-    final = _evaluate(trainer, splits)
     metrics = summary_metrics(history, final, status, extra)
     run.write_metrics(metrics)
     result = RunResult(run, config, metrics, history, final, mnist, trainer.model)
