@@ -61,14 +61,14 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     # An upper bound: training stops earlier at convergence when `patience` is set.
-    epochs: int = field(default=20, metadata=_positive("integer"))
+    epochs: int = field(default=10, metadata=_positive("integer"))
     batch_size: int = field(default=50, metadata=_positive("integer"))
-    learning_rate: float = field(default=0.1, metadata=_positive())
+    learning_rate: float = field(default=0.4, metadata=_positive())
     # Step decay: the rate is multiplied by lr_decay every lr_decay_epochs epochs (report: 0.5 every 2).
     lr_decay: float = field(default=0.5, metadata=_rule(lambda v: 0 < v <= 1, "must be in (0, 1]"))
-    lr_decay_epochs: int = field(default=5, metadata=_positive("integer"))
+    lr_decay_epochs: int = field(default=3, metadata=_positive("integer"))
     # L1 rate λ: W ← W − α(∇W + λ·sign(W)); on weights only unless l1_biases.
-    l1: float = field(default=0.0, metadata=_non_negative())
+    l1: float = field(default=1e-5, metadata=_non_negative())
     l1_biases: bool = False
     # Report the batch loss recomputed after the update (the report's way, one more forward pass)
     # instead of the loss of the forward pass the gradients came from.
