@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import sys
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -24,10 +24,11 @@ class Device:
 
 def configure_threads(threads: int) -> None:
     """Set TensorFlow's intra-op thread count (0 keeps its default); only possible before TF starts its runtime."""
-    if threads:
-        # RuntimeError: the runtime is already up (a second run in one process); it keeps what it has.
-        with contextlib.suppress(RuntimeError):
+    if threads and tf.config.threading.get_intra_op_parallelism_threads() != threads:
+        try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:  # the runtime is already up (e.g. TFDS ran first): it keeps what it has
+            print(f"warning: runtime.threads={threads} not applied: TensorFlow had already started", file=sys.stderr)
 
 
 def select_device(config: RuntimeConfig) -> Device:

@@ -19,6 +19,7 @@ import tensorflow as tf
 from mnist_mlp.errors import UserError
 from mnist_mlp.model import N_PIXELS, forward, log_softmax, to_columns
 from mnist_mlp.progress import Listener
+from mnist_mlp.rundir import replace_dir
 
 if TYPE_CHECKING:
     from mnist_mlp.model import MLP
@@ -64,22 +65,11 @@ def export_saved_model(model: MLP, target: Path) -> Path:
     os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the served model from other users
     try:
         tf.saved_model.save(serving, str(staging), signatures=signatures)
-        _swap_into_place(staging, target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Rename a complete folder onto `target`; an old folder is first renamed aside, then removed."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-old-"))
-    os.replace(target, retired / target.name)
-    os.replace(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def load_saved_model(path: Path) -> Any:

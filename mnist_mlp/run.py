@@ -99,9 +99,9 @@ def monitored_loss(row: dict) -> float:
 
 
 def is_best(history: list[dict]) -> bool:
-    """Whether the last epoch has the lowest monitored loss so far."""
+    """Whether the last epoch is the first to reach the lowest monitored loss so far (as best_epoch counts)."""
     losses = [monitored_loss(row) for row in history]
-    return losses[-1] <= min(losses)
+    return len(losses) == 1 or losses[-1] < min(losses[:-1])
 
 
 def converged(history: list[dict], config: TrainConfig) -> bool:
@@ -197,8 +197,9 @@ def train_and_evaluate(
                 run.write_metrics(summary_metrics(history, final, "diverged", extra) if final else diverged)
                 raise
             if progress.step < trainer.steps_per_epoch:  # stopped by a signal mid-epoch
-                state = CheckpointState(progress.epoch, progress.step, progress.loss_sum, progress.seconds)
-                run.save_checkpoint(trainer.model, state)
+                if progress.step:  # else nothing of this epoch ran: the last epoch's checkpoint stands
+                    state = CheckpointState(progress.epoch, progress.step, progress.loss_sum, progress.seconds)
+                    run.save_checkpoint(trainer.model, state)
                 raise Interrupted.at(stop.signum, run, progress)
             lr = learning_rate(config.train, progress.epoch)
             final = _evaluate(trainer, splits)
@@ -210,7 +211,7 @@ def train_and_evaluate(
             if converged(history, config.train):
                 status = "converged"
                 break
-            if stop():
+            if stop() and progress.epoch < config.train.epochs:  # after the last epoch: just finish
                 raise Interrupted.at(stop.signum, run, EpochProgress(progress.epoch + 1))
             progress = EpochProgress(progress.epoch + 1)
 

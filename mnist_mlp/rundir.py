@@ -44,6 +44,18 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def replace_dir(staging: Path, target: Path) -> None:
+    """Rename the complete folder `staging` onto `target`; an old `target` is first renamed aside, so at
+    every moment one complete folder (the old or the new) is there, then the old one is removed."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-old-"))
+    os.replace(target, retired / target.name)
+    os.replace(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -146,10 +158,7 @@ class RunDir:
         name = f"epoch-{state.epoch:04d}" + (f"-step-{state.step:06d}" if state.step else "")
         tmp = Path(tempfile.mkdtemp(dir=self.checkpoints, prefix=".tmp-"))
         _checkpoint(model, state)[0].write(str(tmp / "ckpt"))
-        target = self.checkpoints / name
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        replace_dir(tmp, self.checkpoints / name)
         pointers = self._pointers()
         pointers["last"] = name
         if best:
@@ -198,11 +207,12 @@ def _checkpoint(model: MLP, state: CheckpointState) -> tuple[tf.train.Checkpoint
     """
     import tensorflow as tf
 
-    position = {
-        "epoch": tf.Variable(state.epoch, dtype=tf.int64),
-        "step": tf.Variable(state.step, dtype=tf.int64),
-        "loss_sum": tf.Variable(state.loss_sum, dtype=tf.float64),
-        "seconds": tf.Variable(state.seconds, dtype=tf.float64),
-    }
+    with tf.device("/CPU:0"):  # 64-bit bookkeeping: Metal has no float64
+        position = {
+            "epoch": tf.Variable(state.epoch, dtype=tf.int64),
+            "step": tf.Variable(state.step, dtype=tf.int64),
+            "loss_sum": tf.Variable(state.loss_sum, dtype=tf.float64),
+            "seconds": tf.Variable(state.seconds, dtype=tf.float64),
+        }
     weights = {v.name.split(":")[0]: v for v in model.variables_in_order}
     return tf.train.Checkpoint(weights=weights, **position), position

@@ -21,6 +21,7 @@ from mnist_mlp import native_stderr_silenced
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Split
 from mnist_mlp.device import Device
+from mnist_mlp.errors import ConfigError
 from mnist_mlp.gradients import loss_gradients
 from mnist_mlp.model import MLP, N_CLASSES, cross_entropy, forward, one_hot_columns, to_columns
 
@@ -91,7 +92,10 @@ class Trainer:
         self.batch_size = config.train.batch_size
         self.steps_per_epoch = len(train) // self.batch_size  # the remainder waits for another shuffle
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(train)} training images are fewer than one batch of {self.batch_size}")
+            raise ConfigError(
+                f"{len(train)} training images (after data.train_limit and data.validation_size) are fewer "
+                f"than one batch of train.batch_size={self.batch_size}"
+            )
         with tf.device(device.name):
             self.model = MLP(config.model, config.seed)
             self.images, self.labels = self.to_device(train)

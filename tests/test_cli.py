@@ -47,14 +47,21 @@ def test_one_epoch_of_the_default_config_reaches_95_percent(one_epoch_run):
     assert json.loads((one_epoch_run / "metrics.json").read_text())["test_accuracy"] >= 0.95
 
 
-def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
+def test_train_refuses_to_overwrite_a_run(tmp_path, capsys, mnist_dir):
     out = tmp_path / "run"
     out.mkdir()
     (out / "history.csv").write_text("keep me")
-    assert main(["train", "--out", str(out), "--set", "data.dir=/nonexistent"]) == 2  # data checked first
-    assert main(["train", "--out", str(out), "--set", "data.dir=/nonexistent", "--overwrite"]) == 2
+    assert main(["train", "--out", str(out), "--set", f"data.dir={mnist_dir}"]) == 2
     assert (out / "history.csv").read_text() == "keep me"
-    assert "data folder not found" in capsys.readouterr().err
+    assert "already holds a run (history.csv); pass --resume" in capsys.readouterr().err
+
+
+def test_too_few_training_images_for_a_batch_is_a_config_error(tmp_path, capsys, mnist_dir):
+    assert (
+        main(["train", "--out", str(tmp_path / "r"), "--set", f"data.dir={mnist_dir}", "--set", "data.train_limit=10"])
+        == 2
+    )
+    assert "10 training images" in capsys.readouterr().err
 
 
 def test_resume_with_other_options_is_refused(tmp_path, capsys):

@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mnist_mlp import rundir
 from mnist_mlp.cli import main
 from mnist_mlp.config import Config
 from mnist_mlp.errors import UserError
@@ -133,14 +135,36 @@ def test_a_checkpoint_from_another_architecture_is_refused(tmp_path, config):
         run.restore_checkpoint(other)
 
 
-def test_a_half_written_checkpoint_is_never_the_one_loaded(tmp_path, config):
-    """A kill during a write leaves a .tmp folder that state.json does not name; loading ignores it."""
+def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one_in_charge(tmp_path, config, monkeypatch):
+    """Simulates a kill during a checkpoint write: the partial files never become the `last` checkpoint."""
     run = RunDir.create(tmp_path / "run", "t")
     train_and_evaluate(config, run, mnist=synthetic_mnist())
-    (run.checkpoints / ".tmp-crashed").mkdir()
-    (run.checkpoints / ".tmp-crashed" / "ckpt.index").write_bytes(b"partial")
-    weights = final_weights(run, config)
-    assert len(weights) == 6 and all(np.isfinite(w).all() for w in weights)
+    before = final_weights(run, config)
+    real_checkpoint = rundir._checkpoint
+
+    def dying_checkpoint(model, state):
+        checkpoint, position = real_checkpoint(model, state)
+
+        def write(prefix):
+            Path(prefix + ".index").write_bytes(b"partial")
+            raise OSError("killed mid-write")
+
+        checkpoint.write = write
+        return checkpoint, position
+
+    monkeypatch.setattr(rundir, "_checkpoint", dying_checkpoint)
+    model = MLP(config.model, seed=7)  # other weights, which must not end up as `last`
+    with pytest.raises(OSError, match="killed mid-write"):
+        run.save_checkpoint(model, rundir.CheckpointState(4, 0, 0.0, 0.0))
+    monkeypatch.undo()
+    assert json.loads((run.checkpoints / "state.json").read_text())["last"] == "epoch-0003"
+    assert all(np.array_equal(a, b) for a, b in zip(before, final_weights(run, config), strict=True))
+
+
+def test_a_signal_during_the_last_epoch_lets_the_run_finish(tmp_path, config):
+    run = RunDir.create(tmp_path / "run", "t")
+    result = train_and_evaluate(config, run, [RaiseSignalAt(epoch=3, step=10)], mnist=synthetic_mnist())
+    assert result.metrics["status"] == "finished" and run.metrics_file.is_file()
 
 
 def test_divergence_is_recorded_not_crashed(tmp_path, config):

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from mnist_mlp.config import Config
 from mnist_mlp.device import select_device
-from mnist_mlp.gradients import loss_gradients
+from mnist_mlp.gradients import backprop
 from mnist_mlp.model import forward, one_hot_columns, to_columns
 from mnist_mlp.training import Diverged, EpochProgress, Trainer, confusion_matrix, learning_rate, train_epoch
 from tests.conftest import synthetic_mnist
@@ -33,19 +33,21 @@ def test_learning_rate_halves_every_two_epochs_like_the_report():
 
 
 def test_sgd_step_applies_w_minus_alpha_gradient_plus_l1_sign(tiny_config):
-    config = tiny_config.replace(**{"train.l1": 0.01, "train.l1_biases": True})
-    trainer = make_trainer(config)
+    """The update is W − α(∇W + λ·sign(W)), the sign term computed here by hand, biases included on request."""
+    l1, lr = 0.01, 0.5
+    trainer = make_trainer(tiny_config.replace(**{"train.l1": l1, "train.l1_biases": True}))
     images, labels = trainer.images[:20], trainer.labels[:20]
     for bias in trainer.model.W0:  # non-zero biases so sign(W0) matters
-        bias.assign(tf.fill(bias.shape, 0.05))
-    X, y = to_columns(images), one_hot_columns(labels)
-    H, logits = forward(trainer.model, X)
-    grad_W, grad_W0 = loss_gradients(trainer.model, H, logits, y, 0.01, True)
-    before = trainer.model.W + trainer.model.W0
-    expected = [v.numpy() - 0.5 * g.numpy() for v, g in zip(before, grad_W + grad_W0, strict=True)]
-    trainer.train_step(images, labels, tf.constant(0.5))
-    for v, want in zip(trainer.model.W + trainer.model.W0, expected, strict=True):
-        np.testing.assert_allclose(v.numpy(), want, rtol=1e-6, atol=1e-7)
+        bias.assign(tf.fill(bias.shape, -0.05))
+    H, logits = forward(trainer.model, to_columns(images))
+    grad_W, grad_W0 = backprop(trainer.model, H, logits, one_hot_columns(labels))  # cross-entropy only
+    params = trainer.model.W + trainer.model.W0
+    expected = [
+        p.numpy() - lr * (g.numpy() + l1 * np.sign(p.numpy())) for p, g in zip(params, grad_W + grad_W0, strict=True)
+    ]
+    trainer.train_step(images, labels, tf.constant(lr))
+    for param, want in zip(params, expected, strict=True):
+        np.testing.assert_allclose(param.numpy(), want, rtol=1e-6, atol=1e-7)
 
 
 def test_compiled_calls_do_not_retrace_across_steps_or_epochs(tiny_config):
