@@ -114,13 +114,6 @@ def test_uncompressed_files_are_read_too(tmp_path, mnist_dir):
     assert test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
 
-def test_written_idx_folder_reads_back_and_passes_the_checksums(tmp_path, mnist_splits):
-    train, test = mnist_splits
-    data.write_idx_folder(train, test, tmp_path / "copy")
-    again_train, again_test = read_idx_folder(tmp_path / "copy")  # verify=True: canonical content
-    assert np.array_equal(again_train.images, train.images) and np.array_equal(again_test.labels, test.labels)
-
-
 def test_real_mnist_matches_the_known_facts(mnist_splits):
     train, test = mnist_splits
     assert train.images.shape == (60000, 28, 28) and test.images.shape == (10000, 28, 28)
