@@ -119,10 +119,10 @@ def from_dict(tree: Any, where: str) -> Config:
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
     """Read a YAML config (None: all defaults) and apply `section.key=value` overrides."""
-    tree = _read_yaml(Path(path)) if path is not None else {}
+    tree = read_yaml_mapping(Path(path)) if path is not None else {}
     overrides = list(overrides)
     for item in overrides:
-        key, value = _parse_override(item)
+        key, value = parse_override(item)
         _set_dotted(tree, key, value, where=f"--set {item}")
     where = str(path) if path is not None else "config"
     return from_dict(tree, where + (" with --set overrides" if overrides else ""))
@@ -133,9 +133,10 @@ def save_config(config: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml_mapping(path: Path, kind: str = "config file", holds: str = "config sections") -> dict:
+    """A YAML file that must hold a mapping (empty: {}); every problem is one ConfigError line."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {kind} not found")
     try:
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -145,11 +146,12 @@ def _read_yaml(path: Path) -> dict:
     if tree is None:
         return {}
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections, got {type(tree).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of {holds}, got {type(tree).__name__}")
     return tree
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def parse_override(item: str) -> tuple[str, Any]:
+    """`section.key=value` to (key, value), the value parsed as YAML (so 3, 0.1, [64, 32], null work)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item}: expected section.key=value, e.g. train.epochs=3")

@@ -8,11 +8,10 @@ the test images, which `mnist-mlp plot DIR` reloads through the run's config.yam
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -24,7 +23,7 @@ from mnist_mlp.config import Config
 from mnist_mlp.data import Split, load_mnist
 from mnist_mlp.errors import UserError
 from mnist_mlp.progress import Listener
-from mnist_mlp.rundir import RunDir
+from mnist_mlp.rundir import RunDir, atomic_write_with
 
 if TYPE_CHECKING:  # importing run would pull training into `mnist-mlp plot`
     from mnist_mlp.run import RunResult
@@ -139,25 +138,13 @@ def save_predictions(run: RunDir, predictions: np.ndarray) -> Path:
     """DIR/test_predictions.npy: the predicted digit of each test image (uint8), written atomically."""
     path = run.path / PREDICTIONS_FILE
     digits = np.asarray(predictions, dtype=np.uint8)
-    write_atomically(path, lambda file: np.save(file, digits, allow_pickle=False))
+    atomic_write_with(path, lambda file: np.save(file, digits, allow_pickle=False))
     return path
 
 
 def save_figure(figure: Figure, path: Path) -> None:
-    """Render to PNG; through write_atomically, so a crash never leaves half a picture."""
-    write_atomically(path, lambda file: figure.savefig(file, dpi=DPI, format="png"))
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write a binary file through a temporary name beside it and an atomic rename (mode per the umask)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as file:
-            write(file)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Render to PNG; through atomic_write_with, so a crash never leaves half a picture."""
+    atomic_write_with(path, lambda file: figure.savefig(file, dpi=DPI, format="png"))
 
 
 # History.

@@ -14,9 +14,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from mnist_mlp.config import Config, from_dict, save_config
 from mnist_mlp.errors import UserError
@@ -29,12 +30,13 @@ if TYPE_CHECKING:
 RUN_FILES = ("config.yaml", "history.csv", "metrics.json")
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write `path` through a temporary file in the same folder and an atomic rename: a crash or kill
+    leaves the old file or the new one, never half of one. `write` fills the open binary file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as file:
-            file.write(text)
+        with os.fdopen(fd, "wb") as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a run's files are ordinary files
@@ -42,6 +44,11 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """atomic_write_with for text (UTF-8)."""
+    atomic_write_with(path, lambda file: file.write(text.encode()))
 
 
 def replace_dir(staging: Path, target: Path) -> None:

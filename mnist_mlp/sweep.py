@@ -50,7 +50,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from mnist_mlp import import_tensorflow_quietly
-from mnist_mlp.config import Config, DataConfig, from_dict, load_config
+from mnist_mlp.config import Config, DataConfig, from_dict, load_config, parse_override, read_yaml_mapping
 from mnist_mlp.data import Mnist, load_mnist
 from mnist_mlp.device import configure_threads
 from mnist_mlp.errors import ConfigError, UserError
@@ -105,7 +105,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
     where = str(path)
     tree = _read_sweep_file(path)
     fixed = _mapping(tree.get("set"), f"{where}: set")
-    cli = dict(_parse_set(item) for item in overrides)
+    cli = dict(parse_override(item) for item in overrides)
     grid = _grid(tree.get("grid"), where)
     draws, random_keys = _random_draws(tree.get("random"), where)
     if not grid and not random_keys:
@@ -141,16 +141,7 @@ def trial_id(config: Config) -> str:
 
 
 def _read_sweep_file(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found")
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping with {', '.join(SWEEP_SECTIONS)}")
+    tree = read_yaml_mapping(path, kind="sweep file", holds=", ".join(SWEEP_SECTIONS))
     unknown = sorted(set(tree) - set(SWEEP_SECTIONS))
     if unknown:
         raise ConfigError(f"{path}: unknown section {unknown[0]} (known: {', '.join(SWEEP_SECTIONS)})")
@@ -163,16 +154,6 @@ def _mapping(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must be a mapping of section.key: value, got {type(value).__name__}")
     return value
-
-
-def _parse_set(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {item}: expected section.key=value, e.g. train.epochs=3")
-    try:
-        return key.strip(), yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {item}: the value is not valid YAML") from None
 
 
 def _config_keys() -> list[str]:
