@@ -224,20 +224,21 @@ def draw_accuracy(ax, history: list[dict]) -> None:
     ax.legend(loc="lower right")
 
 
-def loss_figure(history: list[dict], name: str) -> Figure:
+def curve_figure(draw: Callable, history: list[dict], title: str) -> Figure:
+    """One panel drawn by `draw` (draw_loss, draw_accuracy), titled."""
     figure = new_figure(8, 5)
     ax = figure.subplots()
-    draw_loss(ax, history)
-    ax.set_title(f"Loss per epoch — {name}")
+    draw(ax, history)
+    ax.set_title(title)
     return figure
+
+
+def loss_figure(history: list[dict], name: str) -> Figure:
+    return curve_figure(draw_loss, history, f"Loss per epoch — {name}")
 
 
 def accuracy_figure(history: list[dict], name: str) -> Figure:
-    figure = new_figure(8, 5)
-    ax = figure.subplots()
-    draw_accuracy(ax, history)
-    ax.set_title(f"Accuracy per epoch — {name}")
-    return figure
+    return curve_figure(draw_accuracy, history, f"Accuracy per epoch — {name}")
 
 
 def per_digit_error_figure(history: list[dict], name: str) -> Figure:
