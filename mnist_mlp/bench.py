@@ -691,12 +691,10 @@ def format_summary(document: dict) -> str:
 
 def plot(results: list[Result], path: Path, title: str) -> None:
     """bench.png: images/s by batch size, one line per device and implementation."""
-    import matplotlib
+    from mnist_mlp.plots import new_figure, save_figure  # matplotlib only when a bench is written
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = new_figure(8, 5)
+    ax = fig.subplots()
     for device, key in dict.fromkeys((r.device, r.implementation) for r in results):
         rows = sorted((r for r in results if (r.device, r.implementation) == (device, key)), key=lambda r: r.batch_size)
         ax.plot(
@@ -714,9 +712,7 @@ def plot(results: list[Result], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def prepare_out(out: Path | None, overwrite: bool) -> Path:

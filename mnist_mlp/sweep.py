@@ -46,7 +46,6 @@ from typing import Any, TextIO
 import numpy as np
 import tensorflow as tf
 import yaml
-from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from mnist_mlp import import_tensorflow_quietly
@@ -54,6 +53,7 @@ from mnist_mlp.config import Config, DataConfig, from_dict, load_config, parse_o
 from mnist_mlp.data import Mnist, load_mnist
 from mnist_mlp.device import configure_threads
 from mnist_mlp.errors import ConfigError, UserError
+from mnist_mlp.plots import new_figure, save_figure
 from mnist_mlp.run import train_and_evaluate
 from mnist_mlp.rundir import RunDir, atomic_write
 from mnist_mlp.training import Diverged
@@ -581,7 +581,7 @@ def _percent(value: float | None) -> str:
 
 def plot_accuracy_against_rate(pairs: list[tuple[Trial, dict]], path: Path) -> None:
     """Validation accuracy against learning rate, one series per L1 rate, a line through the best per rate."""
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    fig = new_figure(7.5, 4.8)
     ax = fig.subplots()
     groups: dict[float, list[tuple[Trial, dict]]] = {}
     for trial, row in pairs:
@@ -612,12 +612,12 @@ def plot_accuracy_against_rate(pairs: list[tuple[Trial, dict]], path: Path) -> N
     ax.set_title("Validation accuracy against learning rate (line: best per rate)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 def plot_learning_curves(curves: list[tuple[dict, list[dict]]], keys: list[str], path: Path) -> None:
     """Validation loss and accuracy per epoch of the best trials."""
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    fig = new_figure(10, 4.2)
     loss_ax, accuracy_ax = fig.subplots(1, 2)
     for row, history in curves:
         epochs = [h["epoch"] for h in history]
@@ -635,7 +635,7 @@ def plot_learning_curves(curves: list[tuple[dict, list[dict]]], keys: list[str],
     else:
         accuracy_ax.text(0.5, 0.5, "no trial trained without diverging", ha="center", transform=accuracy_ax.transAxes)
     fig.suptitle(f"Learning curves of the best {len(curves)} trials")
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------
