@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import csv
 import functools
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -45,34 +43,32 @@ from typing import Any, TextIO
 
 import numpy as np
 import tensorflow as tf
-import yaml
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from mnist_mlp import import_tensorflow_quietly
 from mnist_mlp.config import Config, DataConfig, from_dict, load_config, parse_override, read_yaml_mapping
 from mnist_mlp.data import Mnist, load_mnist
 from mnist_mlp.device import configure_threads
 from mnist_mlp.errors import ConfigError, UserError
-from mnist_mlp.plots import new_figure, save_figure
 from mnist_mlp.run import train_and_evaluate
-from mnist_mlp.rundir import RunDir, atomic_write
+from mnist_mlp.rundir import RunDir
+from mnist_mlp.sweep_report import (
+    DONE,
+    closing_line,
+    header,
+    progress_line,
+    ranked,
+    say,
+    trial_dir,
+    trial_row,
+    usable,
+    write_outputs,
+    write_trials_csv,
+)
 from mnist_mlp.training import Diverged
 
 DEFAULT_VALIDATION_SIZE = 10000  # held out of the end of the training set when the sweep names none
-TOP_CURVES = 5  # trials in the learning-curves plot
 SWEEP_SECTIONS = ("base", "set", "grid", "random")
 RANDOM_KEYS = ("trials", "seed", "params")
-DONE = ("finished", "converged", "diverged")  # a trial folder with one of these statuses is not run again
-METRIC_COLUMNS = (
-    "validation_accuracy",
-    "validation_loss",
-    "test_accuracy",
-    "test_loss",
-    "train_accuracy",
-    "train_loss",
-    "epochs",
-    "best_epoch",
-)
 
 
 @dataclass(frozen=True)
@@ -326,22 +322,22 @@ def run_sweep(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
-    pending = [t for t in sweep.trials if finished_status(_trial_dir(out, t)) is None]
+    pending = [t for t in sweep.trials if finished_status(trial_dir(out, t)) is None]
     if pending:
         (load or cached_mnist)(sweep.base.data)  # bad data fails here, before any folder is made
     (out / "trials").mkdir(parents=True, exist_ok=True)
-    _say(stream, _header(sweep, out, len(pending), workers, threads))
+    say(stream, header(sweep, out, len(pending), workers, threads))
     waiting = {t.id for t in pending}
-    rows = {t.id: trial_row(t, _trial_dir(out, t)) for t in sweep.trials if t.id not in waiting}
+    rows = {t.id: trial_row(t, trial_dir(out, t)) for t in sweep.trials if t.id not in waiting}
     for count, (trial, _status) in enumerate(_execute(pending, out, workers, threads, load), start=1):
-        rows[trial.id] = trial_row(trial, _trial_dir(out, trial))
+        rows[trial.id] = trial_row(trial, trial_dir(out, trial))
         ordered = [rows[t.id] for t in sweep.trials if t.id in rows]
-        _say(stream, _progress_line(count, len(pending), rows[trial.id], ranked(ordered)[0], sweep.keys))
+        say(stream, progress_line(count, len(pending), rows[trial.id], ranked(ordered)[0], sweep.keys))
         write_trials_csv(out / "trials.csv", ordered, sweep.keys)
     ordered = [rows[t.id] for t in sweep.trials]
     write_outputs(sweep, out, ordered)
     best = ranked(ordered)
-    _say(stream, _closing_line(best[0], out) if usable(best[0]) else "no trial trained without diverging")
+    say(stream, closing_line(best[0], out) if usable(best[0]) else "no trial trained without diverging")
     return best
 
 
@@ -370,10 +366,6 @@ def run_trial(run_dir: Path, config: Config, load: Callable[[DataConfig], Mnist]
     return result.metrics["status"]
 
 
-def _trial_dir(out: Path, trial: Trial) -> Path:
-    return out / "trials" / trial.id
-
-
 def _execute(
     trials: list[Trial], out: Path, workers: int, threads: int, load: Callable[[DataConfig], Mnist] | None
 ) -> Iterator[tuple[Trial, str]]:
@@ -382,7 +374,7 @@ def _execute(
     Ctrl-C: in this process the trial stops at its next compiled call (Interrupted); with workers the
     parent stops and terminates them. Either way unfinished trials run again, from scratch, on resume.
     """
-    jobs = [(index, _trial_dir(out, trial), trial.config, threads) for index, trial in enumerate(trials)]
+    jobs = [(index, trial_dir(out, trial), trial.config, threads) for index, trial in enumerate(trials)]
     if workers == 1:
         configure_threads(threads)
         with _no_retracing_warnings():
@@ -446,238 +438,3 @@ def _run_job(job: tuple[int, Path, Config, int]) -> tuple[int, str, str]:
         return index, "user_error", str(exc)
     except Exception:
         return index, "error", traceback.format_exc()
-
-
-# ---------------------------------------------------------------------------------------------------
-# Results
-
-
-def trial_row(trial: Trial, run_dir: Path) -> dict:
-    """A trials.csv row: id, swept values, status, validation/test/train figures, epochs and time."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    row = {"trial": trial.id, **trial.values, "status": metrics["status"]}
-    row |= {name: metrics.get(name) for name in METRIC_COLUMNS}
-    row["train_seconds"] = metrics.get("seconds_total")
-    return row
-
-
-def usable(row: dict) -> bool:
-    """A trial that trained without diverging and has validation figures can be chosen."""
-    return row["status"] != "diverged" and row["validation_accuracy"] is not None
-
-
-def ranked(rows: list[dict]) -> list[dict]:
-    """Best first: usable trials by validation accuracy, then validation loss, then fewer epochs."""
-
-    def order(row: dict) -> tuple:
-        if not usable(row):
-            return (1, 0.0, 0.0, 0)
-        return (0, -row["validation_accuracy"], row["validation_loss"], row["epochs"])
-
-    return sorted(rows, key=order)  # stable: ties keep the sweep's order
-
-
-def write_outputs(sweep: Sweep, out: Path, rows: list[dict]) -> None:
-    """trials.csv, best.yaml (when a trial can be chosen), summary.md and the two plots."""
-    write_trials_csv(out / "trials.csv", rows, sweep.keys)
-    best = ranked(rows)
-    by_id = {t.id: t for t in sweep.trials}
-    if usable(best[0]):
-        write_best_config(out / "best.yaml", by_id[best[0]["trial"]], best[0], sweep)
-    (out / "plots").mkdir(exist_ok=True)
-    plot_accuracy_against_rate([(by_id[row["trial"]], row) for row in rows], out / "plots" / "accuracy_vs_rate.png")
-    top = [row for row in best if usable(row)][:TOP_CURVES]
-    curves = [(row, RunDir(_trial_dir(out, by_id[row["trial"]])).read_history()) for row in top]
-    plot_learning_curves(curves, sweep.keys, out / "plots" / "learning_curves.png")
-    atomic_write(out / "summary.md", summary_markdown(sweep, rows))
-
-
-def write_trials_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
-    """One row per trial in the sweep's order, with its rank (blank for diverged trials)."""
-    rank = {row["trial"]: n for n, row in enumerate((r for r in ranked(rows) if usable(r)), start=1)}
-    columns = ["trial", "rank", *keys, "status", *METRIC_COLUMNS, "train_seconds"]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        cells = {**row, "rank": rank.get(row["trial"])}
-        writer.writerow({k: "" if cells[k] is None else _csv_cell(cells[k]) for k in columns})
-    atomic_write(path, buffer.getvalue())
-
-
-def _csv_cell(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, list | dict) else value
-
-
-def write_best_config(path: Path, trial: Trial, row: dict, sweep: Sweep) -> None:
-    """The chosen trial's complete config, loadable with --config; a comment says how it was chosen."""
-    header = (
-        f"# Chosen by `mnist-mlp sweep {sweep.path}`: trial {trial.id}, the best of {len(sweep.trials)} on\n"
-        f"# validation accuracy ({row['validation_accuracy']:.2%}, loss {row['validation_loss']:.4f}, on the last "
-        f"{trial.config.data.validation_size} training images)\n"
-        f"# after {row['epochs']} epochs. Its test accuracy, {row['test_accuracy']:.2%}, was recorded, not used.\n"
-    )
-    atomic_write(path, header + yaml.safe_dump(trial.config.to_dict(), sort_keys=False))
-
-
-def summary_markdown(sweep: Sweep, rows: list[dict]) -> str:
-    """A ranked table of every trial, with what was fixed and how the best was chosen."""
-    counts = {status: sum(row["status"] == status for row in rows) for status in DONE}
-    lines = [
-        f"# Sweep {sweep.path}",
-        "",
-        f"{len(rows)} trials: {counts['converged']} converged (patience), {counts['finished']} ran all epochs, "
-        f"{counts['diverged']} diverged. Ranked by final validation accuracy on the last "
-        f"{sweep.base.data.validation_size} training images (then validation loss, then fewer epochs); "
-        "the test figures are reported, never used to choose. Best epoch: the one with the lowest validation loss.",
-        "",
-        *[f"- {note}" for note in sweep.notes],
-        f"- fixed: {_fixed_settings(sweep)}",
-        "",
-        "| rank | trial | " + " | ".join(_short(k) for k in sweep.keys) + " | status | epochs | best epoch "
-        "| val acc | val loss | test acc | train s |",
-        "|---:|---|" + "---|" * len(sweep.keys) + "---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for rank, row in enumerate(ranked(rows), start=1):
-        cells = [str(rank) if usable(row) else "–", f"`{row['trial']}`", *(_show(row[k]) for k in sweep.keys)]
-        cells += [row["status"], _show(row["epochs"]), _show(row["best_epoch"]), _percent(row["validation_accuracy"])]
-        cells += [_show(row["validation_loss"], ".4f"), _percent(row["test_accuracy"])]
-        cells.append(_show(row["train_seconds"], ".1f"))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "![validation accuracy against learning rate](plots/accuracy_vs_rate.png)", ""]
-    lines += ["![learning curves of the best trials](plots/learning_curves.png)", ""]
-    return "\n".join(lines)
-
-
-def _fixed_settings(sweep: Sweep) -> str:
-    """The base config's training settings that no trial varies, in one line."""
-    train = {f"train.{k}": v for k, v in sweep.base.to_dict()["train"].items()}
-    model = {f"model.{k}": v for k, v in sweep.base.to_dict()["model"].items()}
-    fixed = {"seed": sweep.base.seed, **model, **train}
-    return ", ".join(f"{k}={'null' if v is None else _show(v)}" for k, v in fixed.items() if k not in sweep.keys)
-
-
-def _short(key: str) -> str:
-    return key.rsplit(".", 1)[-1]
-
-
-def _show(value: Any, spec: str = "g") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return format(value, spec)
-    return str(value)
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2%}"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Plots
-
-
-def plot_accuracy_against_rate(pairs: list[tuple[Trial, dict]], path: Path) -> None:
-    """Validation accuracy against learning rate, one series per L1 rate, a line through the best per rate."""
-    fig = new_figure(7.5, 4.8)
-    ax = fig.subplots()
-    groups: dict[float, list[tuple[Trial, dict]]] = {}
-    for trial, row in pairs:
-        groups.setdefault(trial.config.train.l1, []).append((trial, row))
-    for l1, members in sorted(groups.items()):
-        ok = [(t.config.train.learning_rate, r["validation_accuracy"] * 100) for t, r in members if usable(r)]
-        best: dict[float, float] = {}
-        for rate, accuracy in ok:
-            best[rate] = max(accuracy, best.get(rate, -1.0))
-        rates = sorted(best)
-        (line,) = ax.plot(rates, [best[rate] for rate in rates], label=f"λ = {l1:g}")
-        ax.scatter([r for r, _ in ok], [a for _, a in ok], color=line.get_color(), s=14, alpha=0.6)
-        failed = [t.config.train.learning_rate for t, r in members if not usable(r)]
-        # Diverged trials sit on the bottom edge: they have no accuracy worth plotting.
-        ax.scatter(failed, [0.02] * len(failed), transform=ax.get_xaxis_transform(), marker="x", color=line.get_color())
-    if not all(usable(row) for _, row in pairs):
-        ax.scatter([], [], marker="x", color="gray", label="diverged")
-    rates = [trial.config.train.learning_rate for trial, _ in pairs]
-    ax.set_xscale("log")
-    ax.set_xlim(min(rates) / 1.5, max(rates) * 1.5)  # diverged markers do not widen the data limits
-    # Plain-number ticks: every decade over a wide range, 1-2-5 steps over a narrow one.
-    subs = (1.0,) if max(rates) / min(rates) > 100 else (1.0, 2.0, 5.0)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("learning rate α (initial)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Validation accuracy against learning rate (line: best per rate)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    save_figure(fig, path)
-
-
-def plot_learning_curves(curves: list[tuple[dict, list[dict]]], keys: list[str], path: Path) -> None:
-    """Validation loss and accuracy per epoch of the best trials."""
-    fig = new_figure(10, 4.2)
-    loss_ax, accuracy_ax = fig.subplots(1, 2)
-    for row, history in curves:
-        epochs = [h["epoch"] for h in history]
-        label = f"{row['trial'][:6]} " + " ".join(f"{_short(k)}={_show(row[k])}" for k in keys)
-        loss_ax.plot(epochs, [h["validation_loss"] for h in history], marker=".", label=label)
-        accuracy_ax.plot(epochs, [h["validation_accuracy"] * 100 for h in history], marker=".", label=label)
-    loss_ax.set_yscale("log")
-    loss_ax.set_ylabel("validation loss")
-    accuracy_ax.set_ylabel("validation accuracy (%)")
-    for ax in (loss_ax, accuracy_ax):
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-    if curves:
-        accuracy_ax.legend(fontsize="x-small")
-    else:
-        accuracy_ax.text(0.5, 0.5, "no trial trained without diverging", ha="center", transform=accuracy_ax.transAxes)
-    fig.suptitle(f"Learning curves of the best {len(curves)} trials")
-    save_figure(fig, path)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Console
-
-
-def _say(stream: TextIO, text: str) -> None:
-    print(text, file=stream, flush=True)
-
-
-def _header(sweep: Sweep, out: Path, pending: int, workers: int, threads: int) -> str:
-    done = len(sweep.trials) - pending
-    lines = [
-        f"sweep {sweep.path}: {len(sweep.trials)} trials over {', '.join(sweep.keys)}; "
-        f"{done} already done, {pending} to run in {workers} worker(s) x {threads} thread(s); output: {out}"
-    ]
-    return "\n".join(lines + [f"  {note}" for note in sweep.notes])
-
-
-def _describe(row: dict, keys: list[str]) -> str:
-    return " ".join(f"{_short(k)}={_show(row[k])}" for k in keys)
-
-
-def _figures(row: dict) -> str:
-    if not usable(row):
-        return f"diverged after {row['epochs'] or 0} epoch(s)"
-    return (
-        f"val {row['validation_accuracy']:.2%} (loss {row['validation_loss']:.4f})  "
-        f"test {row['test_accuracy']:.2%}  {row['epochs']} epochs, {row['status']}"
-    )
-
-
-def _progress_line(count: int, total: int, row: dict, best: dict, keys: list[str]) -> str:
-    seconds = f"  {row['train_seconds']:.1f} s" if row["train_seconds"] is not None else ""
-    lead = f"[{count}/{total}] {row['trial']} {_describe(row, keys)}: {_figures(row)}{seconds}"
-    if not usable(best):
-        return f"{lead}  | best: none yet"
-    return f"{lead}  | best: {best['trial']} val {best['validation_accuracy']:.2%}"
-
-
-def _closing_line(best: dict, out: Path) -> str:
-    return (
-        f"best: {best['trial']} ({best['validation_accuracy']:.2%} validation, {best['test_accuracy']:.2%} test, "
-        f"{best['epochs']} epochs); config: {out / 'best.yaml'}, table: {out / 'summary.md'}"
-    )
