@@ -143,7 +143,7 @@ def load_tfds() -> tuple[Split, Split]:
     Whether a copy is cached is read off the TFDS folder before TensorFlow is even imported, so an offline
     machine without one gets its error in about a second.
     """
-    if not _tfds_cached():
+    if not tfds_cached():
         _check_online()
     import_tensorflow_quietly()  # TFDS imports TensorFlow
     import absl.logging
@@ -161,7 +161,7 @@ def load_tfds() -> tuple[Split, Split]:
                  (splits["train"], splits["test"]))  # fmt: skip
 
 
-def _tfds_cached() -> bool:
+def tfds_cached() -> bool:
     """Whether TFDS has a prepared MNIST in its data folder ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
     root = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
     return any((root / "mnist").glob("*/dataset_info.json"))

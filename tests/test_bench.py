@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_mlp import bench
+from mnist_mlp import bench, bench_runners
 from mnist_mlp.cli import main
 from mnist_mlp.config import Config
 from mnist_mlp.data import Split
@@ -54,7 +54,7 @@ def test_numpy_loop_follows_the_trainers_step_path():
     trainer = Trainer(config, data, Device("/CPU:0", "cpu", jit_compile=False))
     initial = [v.numpy() for v in trainer.model.variables_in_order]
     order = trainer.epoch_order(1).numpy()
-    loop = bench.NumpyLoop(data, order, batch=20, lr=config.train.learning_rate, initial=initial)
+    loop = bench_runners.NumpyLoop(data, order, batch=20, lr=config.train.learning_rate, initial=initial)
     loop.reset()
     loop.run(5)
     for batch in order.reshape(5, 20):
@@ -87,7 +87,7 @@ def test_quick_bench_writes_bench_json_and_png_and_every_loss_agrees(small_quick
 
     results = document["results"]
     cpu = {(r["batch_size"], r["implementation"]) for r in results if r["device"] == "CPU:0"}
-    assert cpu == {(b, key) for b in TINY.batch_sizes for key in bench.IMPLEMENTATIONS}
+    assert cpu == {(b, key) for b in TINY.batch_sizes for key in bench_runners.IMPLEMENTATIONS}
     for r in results:
         ips = r["images_per_second"]
         assert len(r["seconds"]) == TINY.repeats >= 5
@@ -105,7 +105,7 @@ def test_quick_bench_writes_bench_json_and_png_and_every_loss_agrees(small_quick
 
 
 def test_an_implementation_that_computes_something_else_is_reported(monkeypatch, tmp_path):
-    class NoUpdates(bench.NumpyLoop):
+    class NoUpdates(bench_runners.NumpyLoop):
         """Stands for a device that returns without training: its weights stay the initial ones."""
 
         key, label = "numpy", "broken loop"
@@ -114,8 +114,8 @@ def test_an_implementation_that_computes_something_else_is_reported(monkeypatch,
             pass
 
     def with_broken(trainer, train, order, initial):
-        config = trainer.config.train
-        return [bench.FastPath(trainer, order, initial), NoUpdates(train, order, config.batch_size, 0.1, initial)]
+        broken = NoUpdates(train, order, trainer.config.train.batch_size, 0.1, initial)
+        return [bench_runners.FastPath(trainer, order, initial), broken]
 
     monkeypatch.setattr(bench, "runners_for", with_broken)
     options = dataclasses.replace(TINY, batch_sizes=(20,))

@@ -1,0 +1,214 @@
+"""The six ways `mnist-mlp bench` trains the network: our fast path (also with XLA), our step path, a
+tf.GradientTape loop, Keras `model.fit` and a hand-written NumPy loop.
+
+Each Runner starts from given initial weights, trains on the same batches (a fixed order of image indices)
+and can report its weights, so the bench can time them alike and compare what they compute.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mnist_mlp.data import Split
+from mnist_mlp.model import cross_entropy, forward, one_hot_columns, to_columns
+from mnist_mlp.training import Trainer
+
+PIXEL_SCALE = np.float32(1.0 / 255.0)  # the same float32 factor model.to_columns multiplies by
+IMPLEMENTATIONS = {  # key: label in the table and the plot
+    "fast": "fast path",
+    "fast-xla": "fast path + XLA",
+    "step": "step path (1 step/call)",
+    "tape": "GradientTape loop",
+    "keras": "Keras model.fit",
+    "numpy": "NumPy loop",
+}
+
+
+class Runner(Protocol):
+    """One way of training: reset to the initial weights, run `steps` SGD steps (synchronised), read weights."""
+
+    key: str  # a key of IMPLEMENTATIONS
+    label: str
+
+    def reset(self) -> None: ...
+
+    def run(self, steps: int) -> None: ...
+
+    def weights(self) -> list[np.ndarray]: ...
+
+
+class TrainerRunner:
+    """Base for our paths and the GradientTape loop: they train a Trainer's model on its on-device data."""
+
+    key = label = ""
+
+    def __init__(self, trainer: Trainer, order: np.ndarray, initial: list[np.ndarray]):
+        self.trainer, self.initial = trainer, initial
+        self.device = trainer.device.name
+        self.lr = trainer.config.train.learning_rate
+        with tf.device(self.device):
+            self.order = tf.constant(order, tf.int32)
+            self.batches = tf.unstack(tf.reshape(self.order, [-1, trainer.batch_size]))  # made before the clock
+
+    def reset(self) -> None:
+        for variable, value in zip(self.trainer.model.variables_in_order, self.initial, strict=True):
+            variable.assign(value)
+
+    def run(self, steps: int) -> None:
+        with tf.device(self.device):  # calls, and the tracing in the first one, stay on the device
+            self.train(steps)
+        self.weights()  # reading the weights back waits for the last update
+
+    def train(self, steps: int) -> None: ...
+
+    def weights(self) -> list[np.ndarray]:
+        return [v.numpy() for v in self.trainer.model.variables_in_order]
+
+
+class FastPath(TrainerRunner):
+    """Trainer.train_steps: train.steps_per_call steps per compiled call, as `mnist-mlp train` runs them."""
+
+    def __init__(self, trainer: Trainer, order: np.ndarray, initial: list[np.ndarray]):
+        super().__init__(trainer, order, initial)
+        self.key = "fast-xla" if trainer.device.jit_compile else "fast"
+        self.label = IMPLEMENTATIONS[self.key]
+
+    def train(self, steps: int) -> None:
+        per_call = self.trainer.config.train.steps_per_call
+        for first in range(0, steps, per_call):
+            self.trainer.run_steps(self.order, first, min(per_call, steps - first), self.lr)
+
+
+class StepPath(TrainerRunner):
+    """Trainer.train_step: one compiled call per step, the batch gathered eagerly on the device."""
+
+    key, label = "step", IMPLEMENTATIONS["step"]
+
+    def train(self, steps: int) -> None:
+        images, labels, lr = self.trainer.images, self.trainer.labels, tf.constant(self.lr)
+        for batch in self.batches[:steps]:
+            self.trainer.train_step(tf.gather(images, batch), tf.gather(labels, batch), lr)
+
+
+class TapeLoop(TrainerRunner):
+    """The usual custom loop: a compiled step whose gradients come from tf.GradientTape, not our backprop."""
+
+    key, label = "tape", IMPLEMENTATIONS["tape"]
+
+    def __init__(self, trainer: Trainer, order: np.ndarray, initial: list[np.ndarray]):
+        super().__init__(trainer, order, initial)
+        self.step = tf.function(self._step)
+
+    def _step(self, images: tf.Tensor, labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        model = self.trainer.model
+        X, y = to_columns(images), one_hot_columns(labels)
+        with tf.GradientTape() as tape:
+            loss = cross_entropy(forward(model, X)[1], y)
+        params = model.W + model.W0
+        for param, grad in zip(params, tape.gradient(loss, params), strict=True):
+            param.assign_sub(lr * grad)
+        return loss
+
+    def train(self, steps: int) -> None:
+        images, labels, lr = self.trainer.images, self.trainer.labels, tf.constant(self.lr)
+        for batch in self.batches[:steps]:
+            self.step(tf.gather(images, batch), tf.gather(labels, batch), lr)
+
+
+class KerasFit:
+    """Keras `model.fit` of the same network (Dense kernels are [n_in, n_out] like our W), plain SGD."""
+
+    def __init__(self, device: str, sizes: list[int], train: Split, order: np.ndarray, batch: int, lr: float, initial):
+        self.device, self.batch = device, batch
+        self.initial = [w if w.shape[1:] != (1,) else w[:, 0] for w in initial]  # biases [n, 1] -> [n]
+        # Batches in the bench's order, scaled as a Keras user would: float32 pixels in [0, 1].
+        self.x = train.images.reshape(len(train), -1)[order].astype(np.float32) * PIXEL_SCALE
+        self.y = train.labels[order].astype(np.int32)
+        with tf.device(device):
+            self.model = keras.Sequential(
+                [keras.Input([sizes[0]])]
+                + [keras.layers.Dense(n, activation="relu") for n in sizes[1:-1]]
+                + [keras.layers.Dense(sizes[-1])]
+            )
+            self.model.compile(
+                optimizer=keras.optimizers.SGD(learning_rate=lr),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+        self.key = "keras"
+        self.label = IMPLEMENTATIONS["keras"] + (" (XLA)" if self.model.jit_compile is True else "")
+
+    def reset(self) -> None:
+        self.model.set_weights(self.initial)
+
+    def run(self, steps: int) -> None:
+        n = steps * self.batch
+        with tf.device(self.device):
+            self.model.fit(self.x[:n], self.y[:n], batch_size=self.batch, epochs=1, shuffle=False, verbose=0)
+        self.weights()  # reading the weights back waits for the last update
+
+    def weights(self) -> list[np.ndarray]:
+        return [w.reshape(-1, 1) if w.ndim == 1 else w for w in self.model.get_weights()]
+
+
+class NumpyLoop:
+    """A hand-written NumPy loop: the same forward pass, backprop formulas and update as gradients.py."""
+
+    key, label = "numpy", IMPLEMENTATIONS["numpy"]
+
+    def __init__(self, train: Split, order: np.ndarray, batch: int, lr: float, initial: list[np.ndarray]):
+        self.images, self.labels = train.images.reshape(len(train), -1), train.labels.astype(np.intp)
+        self.batches = order.reshape(-1, batch)
+        self.lr, self.initial = np.float32(lr), initial
+        self.params: list[np.ndarray] = []
+
+    def reset(self) -> None:
+        self.params = [w.copy() for w in self.initial]
+
+    def run(self, steps: int) -> None:
+        W, W0 = self.params[0::2], self.params[1::2]
+        for batch in self.batches[:steps]:
+            numpy_sgd_step(W, W0, self.images[batch], self.labels[batch], self.lr)
+
+    def weights(self) -> list[np.ndarray]:
+        return self.params
+
+
+def numpy_sgd_step(W: list[np.ndarray], W0: list[np.ndarray], images: np.ndarray, labels: np.ndarray, lr) -> float:
+    """One SGD step in place, columns are samples: forward, ∇Z = (ŷ − y)/M, backprop, W ← W − α∇W."""
+    M = len(labels)
+    H = [(images.astype(np.float32) * PIXEL_SCALE).T]  # X: [784, M]
+    for w, w0 in zip(W[:-1], W0[:-1], strict=True):
+        H.append(np.maximum(w.T @ H[-1] + w0, 0))  # H^l = φ((W^l)ᵀ H^{l−1} + W0^l)
+    logits = W[-1].T @ H[-1] + W0[-1]
+    z = logits - logits.max(axis=0, keepdims=True)
+    y_hat = np.exp(z)
+    y_hat /= y_hat.sum(axis=0, keepdims=True)
+    columns = np.arange(M)
+    loss = -np.log(y_hat[labels, columns]).mean()
+    grad_Z = y_hat
+    grad_Z[labels, columns] -= 1  # ŷ − y
+    grad_Z /= M
+    for layer in reversed(range(len(W))):
+        grad_W0 = grad_Z.sum(axis=1, keepdims=True)  # ∇W0^l = ∇Z^l · 1
+        grad_W = H[layer] @ grad_Z.T  # ∇W^l = H^{l−1} (∇Z^l)ᵀ
+        if layer > 0:
+            grad_Z = (W[layer] @ grad_Z) * (H[layer] > 0)  # ∇Z^{l−1} = W^l ∇Z^l ⊙ φ'(H^{l−1}), before W^l moves
+        W[layer] -= lr * grad_W
+        W0[layer] -= lr * grad_W0
+    return float(loss)
+
+
+def numpy_loss(weights: list[np.ndarray], images: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy of `weights` (W1, W0_1, ...) in float64: the one yardstick every implementation meets."""
+    W, W0 = [w.astype(np.float64) for w in weights[0::2]], [w.astype(np.float64) for w in weights[1::2]]
+    H = images.reshape(len(images), -1).astype(np.float64).T / 255.0
+    for w, w0 in zip(W[:-1], W0[:-1], strict=True):
+        H = np.maximum(w.T @ H + w0, 0)
+    logits = W[-1].T @ H + W0[-1]
+    z = logits - logits.max(axis=0, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=0, keepdims=True))
+    return float(-log_p[labels.astype(np.intp), np.arange(len(labels))].mean())
