@@ -160,3 +160,10 @@ def test_cli_reports_bad_data_with_exit_2_and_makes_no_run_folder(tmp_path, caps
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert "holds 5 records, MNIST has 60000" in err
     assert not out.exists()
+
+
+def test_tensorflow_datasets_imports_with_the_pinned_metadata():
+    """tensorflow-metadata 1.18+ broke `import tensorflow_datasets` under TF 2.19's protobuf: keep the pin honest."""
+    import tensorflow_datasets as tfds
+
+    assert tfds.builder("mnist").info.features["image"].shape == (28, 28, 1)
