@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
@@ -101,7 +103,9 @@ class Console(Listener):
             self.say(f"plots in {result.run.plots}: {', '.join(plots)}", always=True)
         tensorboard = result.run.path / "tb"
         if tensorboard.is_dir():
-            self.say(f"TensorBoard logs in {tensorboard} (view: tensorboard --logdir {tensorboard})", always=True)
+            self.say(
+                f"TensorBoard logs in {tensorboard} (view: {tensorboard_command()} --logdir {tensorboard})", always=True
+            )
         metrics = result.metrics
         errors = metrics["per_digit_test_error"]
         worst = max(range(10), key=lambda d: errors[d])
@@ -112,3 +116,9 @@ class Console(Listener):
             f"({metrics['seconds_total']:.1f} s training)",
             always=True,
         )
+
+
+def tensorboard_command() -> str:
+    """`tensorboard`, spelled with its path when it sits beside this Python (a venv the shell has not activated)."""
+    beside = Path(sys.executable).parent / "tensorboard"
+    return str(beside) if beside.is_file() and shutil.which("tensorboard") != str(beside) else "tensorboard"

@@ -104,7 +104,7 @@ def test_the_last_lines_name_the_plots_and_tensorboard_then_the_headline(tmp_pat
     Console(2, stream=stream).on_finish(finished(tmp_path, plots=("summary.png", "accuracy.png")))
     plots_line, tensorboard_line, headline = stream.getvalue().splitlines()
     assert plots_line == f"plots in {tmp_path / 'plots'}: accuracy.png, summary.png"
-    assert f"tensorboard --logdir {tmp_path / 'tb'}" in tensorboard_line
+    assert f"tensorboard --logdir {tmp_path / 'tb'}" in tensorboard_line  # bare or with the venv's path
     assert headline.startswith("test accuracy 95.00%, test error 5.00%, mean per-digit error 4.70%, worst digit 8")
 
 
