@@ -193,8 +193,10 @@ def train_and_evaluate(
             try:
                 train_epoch(trainer, progress, on_call, should_stop=stop)
             except Diverged:  # metrics of the last finished epoch, not of the diverged weights
-                diverged = {"status": "diverged", "epochs": len(history), **extra}
-                run.write_metrics(summary_metrics(history, final, "diverged", extra) if final else diverged)
+                if final:
+                    run.write_metrics(summary_metrics(history, final, "diverged", extra))
+                else:
+                    run.write_metrics({"status": "diverged", "epochs": len(history), **extra})
                 raise
             if progress.step < trainer.steps_per_epoch:  # stopped by a signal mid-epoch
                 if progress.step:  # else nothing of this epoch ran: the last epoch's checkpoint stands
