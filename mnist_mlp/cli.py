@@ -62,7 +62,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import signal
 
     from mnist_mlp.run import Interrupted
-    from mnist_mlp.sweep import load_sweep, run_sweep
+    from mnist_mlp.sweep import run_sweep
+    from mnist_mlp.sweep_file import load_sweep
 
     sweep = load_sweep(args.sweep_file, args.set)
     out = args.out or Path("sweeps") / args.sweep_file.stem

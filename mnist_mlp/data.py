@@ -25,6 +25,7 @@ from mnist_mlp.config import DataConfig
 from mnist_mlp.errors import DataError
 
 DATA_DIR_ENV = "MNIST_MLP_DATA_DIR"
+N_CLASSES = 10  # the digits 0-9
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 # Per file: (number of records, SHA-256 of the uncompressed canonical file).
 IDX_FILES = {

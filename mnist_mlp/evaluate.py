@@ -13,8 +13,9 @@ from mnist_mlp.config import Config
 from mnist_mlp.data import load_mnist
 from mnist_mlp.device import select_device
 from mnist_mlp.model import MLP
+from mnist_mlp.results import Evaluation, headline_metrics
 from mnist_mlp.rundir import CheckpointState, RunDir
-from mnist_mlp.training import Evaluation, Trainer, headline_metrics
+from mnist_mlp.training import Trainer
 
 
 @dataclass(frozen=True)

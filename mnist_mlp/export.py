@@ -18,12 +18,11 @@ import tensorflow as tf
 
 from mnist_mlp.errors import UserError
 from mnist_mlp.model import N_PIXELS, forward, log_softmax, to_columns
-from mnist_mlp.progress import Listener
+from mnist_mlp.results import Listener, RunResult
 from mnist_mlp.rundir import replace_dir
 
 if TYPE_CHECKING:
     from mnist_mlp.model import MLP
-    from mnist_mlp.run import RunResult
 
 SAVED_MODEL = "saved_model"  # the folder's name inside a run
 SIGNATURES = ("serving_default", "serving_float")

@@ -13,8 +13,9 @@ import itertools
 import tensorflow as tf
 
 from mnist_mlp.config import ModelConfig
+from mnist_mlp.data import N_CLASSES
 
-N_PIXELS, N_CLASSES = 28 * 28, 10
+N_PIXELS = 28 * 28
 
 
 class MLP(tf.Module):

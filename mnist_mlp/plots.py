@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,11 +21,8 @@ from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
 from mnist_mlp.config import Config
 from mnist_mlp.data import Split, load_mnist
 from mnist_mlp.errors import UserError
-from mnist_mlp.progress import Listener
+from mnist_mlp.results import Listener, RunResult, confusion_matrix
 from mnist_mlp.rundir import RunDir, atomic_write_with
-
-if TYPE_CHECKING:  # importing run would pull training into `mnist-mlp plot`
-    from mnist_mlp.run import RunResult
 
 PREDICTIONS_FILE = "test_predictions.npy"
 PREDICTION_PLOTS = ("confusion_matrix.png", "misclassified.png")
@@ -264,8 +260,7 @@ def per_digit_error_figure(history: list[dict], name: str) -> Figure:
 
 def confusion_figure(labels: np.ndarray, predictions: np.ndarray, name: str) -> Figure:
     """Counts in the cells; colour is the share of the true digit's images (row-normalised)."""
-    counts = np.zeros((10, 10), dtype=np.int64)  # counted here: training.confusion_matrix would import TensorFlow
-    np.add.at(counts, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
+    counts = confusion_matrix(labels, predictions)
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     figure = new_figure(8.5, 7.5)
     ax = figure.subplots()

@@ -5,22 +5,9 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
-if TYPE_CHECKING:
-    from mnist_mlp.run import RunResult
-
-
-class Listener:
-    """Hooks a training run calls; subclasses override what they need."""
-
-    def on_start(self, info: dict) -> None: ...
-
-    def on_call(self, epoch: int, step: int, steps_per_epoch: int, running_loss: float, seconds: float) -> None: ...
-
-    def on_epoch(self, row: dict) -> None: ...
-
-    def on_finish(self, result: RunResult) -> None: ...
+from mnist_mlp.results import Listener, RunResult
 
 
 class Console(Listener):

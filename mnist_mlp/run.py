@@ -18,31 +18,15 @@ from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Mnist, load_mnist
 from mnist_mlp.device import select_device
 from mnist_mlp.errors import UserError
-from mnist_mlp.model import MLP
-from mnist_mlp.progress import Listener
+from mnist_mlp.results import Evaluation, Listener, RunResult, headline_metrics
 from mnist_mlp.rundir import CheckpointState, RunDir
 from mnist_mlp.training import (
     Diverged,
     EpochProgress,
-    Evaluation,
     Trainer,
-    headline_metrics,
     learning_rate,
     train_epoch,
 )
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a finished run hands its listeners: files, figures, the final evaluations, data and model."""
-
-    run: RunDir
-    config: Config
-    metrics: dict
-    history: list[dict]
-    final: dict[str, Evaluation]  # "train", "validation" (if split) and "test"
-    mnist: Mnist
-    model: MLP
 
 
 class Interrupted(Exception):

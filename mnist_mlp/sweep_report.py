@@ -10,16 +10,14 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import yaml
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from mnist_mlp.plots import new_figure, save_figure
 from mnist_mlp.rundir import RunDir, atomic_write
-
-if TYPE_CHECKING:
-    from mnist_mlp.sweep import Sweep, Trial
+from mnist_mlp.sweep_file import Sweep, Trial
 
 TOP_CURVES = 5  # trials in the learning-curves plot
 DONE = ("finished", "converged", "diverged")  # a trial folder with one of these statuses is not run again

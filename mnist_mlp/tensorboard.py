@@ -9,14 +9,10 @@ The learning rate, the mean mini-batch loss and the epoch's training time go to 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
-from mnist_mlp.progress import Listener
-
-if TYPE_CHECKING:
-    from mnist_mlp.run import RunResult
+from mnist_mlp.results import Listener, RunResult
 
 SPLITS = ("train", "validation", "test")
 

@@ -23,7 +23,8 @@ from mnist_mlp.data import Split
 from mnist_mlp.device import Device
 from mnist_mlp.errors import ConfigError
 from mnist_mlp.gradients import loss_gradients
-from mnist_mlp.model import MLP, N_CLASSES, cross_entropy, forward, one_hot_columns, to_columns
+from mnist_mlp.model import MLP, cross_entropy, forward, one_hot_columns, to_columns
+from mnist_mlp.results import Evaluation, confusion_matrix
 
 EVAL_CHUNK = 10000  # images per evaluation call: bounded memory, few calls
 
@@ -42,46 +43,9 @@ class Diverged(Exception):
         )
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """Loss, predicted digits and confusion matrix (rows: true digit, columns: predicted) on one split."""
-
-    loss: float
-    predictions: np.ndarray
-    confusion: np.ndarray
-
-    @property
-    def accuracy(self) -> float:
-        return float(np.trace(self.confusion) / self.confusion.sum())
-
-    @property
-    def per_digit_error(self) -> np.ndarray:
-        """For each digit, the fraction of its images classified as another digit; 0 for a digit with no
-        images (possible only in a sliced test set), which has no errors to count."""
-        per_digit = self.confusion.sum(axis=1)
-        return np.where(per_digit > 0, 1.0 - np.diag(self.confusion) / np.maximum(per_digit, 1), 0.0)
-
-
-def headline_metrics(test: Evaluation) -> dict:
-    """The test figures under metrics.json's names (used at the end of training and by `evaluate`)."""
-    return {
-        "test_accuracy": test.accuracy,
-        "test_error": 1.0 - test.accuracy,
-        "mean_per_digit_test_error": float(test.per_digit_error.mean()),
-        "per_digit_test_error": [float(e) for e in test.per_digit_error],
-        "test_loss": test.loss,
-    }
-
-
 def learning_rate(config: TrainConfig, epoch: int) -> float:
     """Step decay: α · decay^⌊(epoch − 1) / every⌋ for 1-based epochs (the report: halve every 2)."""
     return config.learning_rate * config.lr_decay ** ((epoch - 1) // config.lr_decay_epochs)
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-    """[10, 10] counts, rows the true digit and columns the predicted one."""
-    pairs = labels.astype(np.int64) * N_CLASSES + predictions.astype(np.int64)
-    return np.bincount(pairs, minlength=N_CLASSES * N_CLASSES).reshape(N_CLASSES, N_CLASSES)
 
 
 class Trainer:

@@ -13,9 +13,9 @@ import pytest
 from mnist_mlp import cli
 from mnist_mlp.config import Config
 from mnist_mlp.evaluate import RunEvaluation, evaluate_run
+from mnist_mlp.results import Evaluation
 from mnist_mlp.run import train_and_evaluate
 from mnist_mlp.rundir import CheckpointState, RunDir
-from mnist_mlp.training import Evaluation
 
 METRIC_KEYS = ("test_accuracy", "test_error", "mean_per_digit_test_error", "per_digit_test_error", "test_loss")
 

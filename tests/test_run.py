@@ -18,7 +18,7 @@ from mnist_mlp.cli import main
 from mnist_mlp.config import Config
 from mnist_mlp.errors import UserError
 from mnist_mlp.model import MLP
-from mnist_mlp.progress import Listener
+from mnist_mlp.results import Listener
 from mnist_mlp.run import Interrupted, converged, train_and_evaluate
 from mnist_mlp.rundir import RunDir
 from mnist_mlp.training import Diverged

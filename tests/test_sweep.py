@@ -14,7 +14,8 @@ from mnist_mlp.cli import main
 from mnist_mlp.config import Config, load_config
 from mnist_mlp.data import Mnist, split
 from mnist_mlp.errors import ConfigError, UserError
-from mnist_mlp.sweep import finished_status, load_sweep, run_sweep, threads_per_worker, trial_id
+from mnist_mlp.sweep import finished_status, run_sweep, threads_per_worker
+from mnist_mlp.sweep_file import load_sweep, trial_id
 from tests.conftest import synthetic_mnist
 
 # A network and data small enough that a trial trains in about a second on the CPU.

@@ -10,7 +10,8 @@ from mnist_mlp.config import Config
 from mnist_mlp.device import select_device
 from mnist_mlp.gradients import backprop
 from mnist_mlp.model import forward, one_hot_columns, to_columns
-from mnist_mlp.training import Diverged, EpochProgress, Trainer, confusion_matrix, learning_rate, train_epoch
+from mnist_mlp.results import confusion_matrix
+from mnist_mlp.training import Diverged, EpochProgress, Trainer, learning_rate, train_epoch
 from tests.conftest import synthetic_mnist
 
 
@@ -122,7 +123,7 @@ def test_confusion_matrix_and_per_digit_error():
     predicted = np.array([0, 1, 1, 1, 2, 2])
     matrix = confusion_matrix(labels, predicted)
     assert matrix[0].tolist()[:3] == [1, 1, 0] and matrix[1].tolist()[:3] == [0, 2, 1] and matrix.sum() == 6
-    from mnist_mlp.training import Evaluation
+    from mnist_mlp.results import Evaluation
 
     ev = Evaluation(0.0, predicted, matrix)
     assert ev.accuracy == pytest.approx(4 / 6)
