@@ -21,22 +21,30 @@ from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
 from mnist_mlp.config import Config
 from mnist_mlp.data import Split, load_mnist
 from mnist_mlp.errors import UserError
+from mnist_mlp.history import (
+    BATCH_LOSS,
+    DIGIT_ERROR_SPLITS,
+    DIGITS,
+    EPOCH,
+    LEARNING_RATE,
+    SECONDS,
+    accuracy_column,
+    digit_error_column,
+    loss_column,
+    splits_in,
+)
 from mnist_mlp.results import Listener, RunResult, confusion_matrix
 from mnist_mlp.rundir import RunDir, atomic_write_with
 
 PREDICTIONS_FILE = "test_predictions.npy"
 PREDICTION_PLOTS = ("confusion_matrix.png", "misclassified.png")
-DIGITS = range(10)
 DPI = 110
 # One colour per split, the same in every figure.
 COLOURS = {"train": "tab:blue", "validation": "tab:green", "test": "tab:orange", "batch": "tab:gray"}
 REQUIRED_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "test_loss",
-    "train_accuracy",
-    "test_accuracy",
-    *(f"{split}_error_{d}" for split in ("train", "test") for d in DIGITS),
+    EPOCH,
+    *(column(split) for column in (loss_column, accuracy_column) for split in ("train", "test")),
+    *(digit_error_column(split, d) for split in DIGIT_ERROR_SPLITS for d in DIGITS),
 )
 
 
@@ -159,20 +167,14 @@ def column(history: list[dict], name: str) -> np.ndarray:
     return np.array([row[name] for row in history], dtype=float)
 
 
-def splits_in(history: list[dict]) -> list[str]:
-    """train, [validation,] test: the splits history.csv has figures for."""
-    return [s for s in ("train", "validation", "test") if f"{s}_loss" in history[0]]
-
-
 def per_digit_errors(history: list[dict], split: str) -> np.ndarray:
     """[epochs, 10]: the classification error of each digit per epoch on `split`."""
-    return np.array([[row[f"{split}_error_{d}"] for d in DIGITS] for row in history], dtype=float)
+    return np.array([[row[digit_error_column(split, d)] for d in DIGITS] for row in history], dtype=float)
 
 
 def headline(history: list[dict]) -> Headline:
-    last = history[-1]
     errors = per_digit_errors(history, "test")[-1]
-    return Headline(len(history), float(last["test_accuracy"]), float(errors.mean()), errors)
+    return Headline(len(history), float(history[-1][accuracy_column("test")]), float(errors.mean()), errors)
 
 
 # Figures.
@@ -188,18 +190,18 @@ def epoch_axis(ax, history: list[dict]) -> None:
     """Whole-number epoch ticks on x, starting at the first epoch."""
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    epochs = column(history, "epoch")
+    epochs = column(history, EPOCH)
     ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
     ax.grid(True, alpha=0.3)
 
 
 def draw_loss(ax, history: list[dict]) -> None:
-    epochs = column(history, "epoch")
-    if "batch_loss" in history[0]:
-        ax.plot(epochs, column(history, "batch_loss"), ":", color=COLOURS["batch"],
+    epochs = column(history, EPOCH)
+    if BATCH_LOSS in history[0]:
+        ax.plot(epochs, column(history, BATCH_LOSS), ":", color=COLOURS["batch"],
                 label="train, mean mini-batch loss during the epoch")  # fmt: skip
-    for split in splits_in(history):
-        ax.plot(epochs, column(history, f"{split}_loss"), "o-", ms=3, color=COLOURS[split], label=split)
+    for split in splits_in(history[0]):
+        ax.plot(epochs, column(history, loss_column(split)), "o-", ms=3, color=COLOURS[split], label=split)
     ax.set_ylabel("cross-entropy loss (nats per image)")
     values = np.concatenate([line.get_ydata() for line in ax.get_lines()])
     values = values[np.isfinite(values)]
@@ -210,9 +212,9 @@ def draw_loss(ax, history: list[dict]) -> None:
 
 
 def draw_accuracy(ax, history: list[dict]) -> None:
-    epochs = column(history, "epoch")
-    for split in splits_in(history):
-        values = 100 * column(history, f"{split}_accuracy")
+    epochs = column(history, EPOCH)
+    for split in splits_in(history[0]):
+        values = 100 * column(history, accuracy_column(split))
         ax.plot(epochs, values, "o-", ms=3, color=COLOURS[split], label=f"{split} (last {values[-1]:.2f}%)")
     ax.set_ylabel("accuracy (% of images)")
     ax.yaxis.set_major_formatter(PercentFormatter(decimals=1))
@@ -241,8 +243,8 @@ def per_digit_error_figure(history: list[dict], name: str) -> Figure:
     """Ten panels, one per digit, train and test error per epoch on one shared y scale."""
     figure = new_figure(16, 6.5)
     axes = figure.subplots(2, 5, sharex=True, sharey=True)
-    epochs = column(history, "epoch")
-    errors = {split: 100 * per_digit_errors(history, split) for split in ("train", "test")}
+    epochs = column(history, EPOCH)
+    errors = {split: 100 * per_digit_errors(history, split) for split in DIGIT_ERROR_SPLITS}
     for digit, ax in zip(DIGITS, axes.flat, strict=True):
         for split, values in errors.items():
             ax.plot(epochs, values[:, digit], "o-", ms=2.5, color=COLOURS[split], label=split)
@@ -310,7 +312,7 @@ def summary_figure(history: list[dict], config: Config | None, name: str) -> Fig
     loss_ax.set_title("Loss per epoch")
     draw_accuracy(accuracy_ax, history)
     accuracy_ax.set_title("Accuracy per epoch")
-    seconds = float(column(history, "seconds").sum()) if "seconds" in history[0] else None
+    seconds = float(column(history, SECONDS).sum()) if SECONDS in history[0] else None
     draw_headline(text_ax, headline(history), config, seconds)
     draw_digit_bars(figure.add_subplot(grid[1, :2]), history)
     draw_learning_rate(figure.add_subplot(grid[1, 2]), history)
@@ -320,9 +322,9 @@ def summary_figure(history: list[dict], config: Config | None, name: str) -> Fig
 
 def draw_learning_rate(ax, history: list[dict]) -> None:
     """The step-decay schedule, one flat step per epoch, each distinct rate labelled on a log axis."""
-    if "learning_rate" in history[0]:
-        rates = column(history, "learning_rate")
-        ax.plot(column(history, "epoch"), rates, "o-", ms=3, drawstyle="steps-mid", color="tab:purple")
+    if LEARNING_RATE in history[0]:
+        rates = column(history, LEARNING_RATE)
+        ax.plot(column(history, EPOCH), rates, "o-", ms=3, drawstyle="steps-mid", color="tab:purple")
         ax.set_yscale("log")
         levels = np.unique(rates[np.isfinite(rates) & (rates > 0)])
         if 0 < len(levels) <= 8:
@@ -334,9 +336,9 @@ def draw_learning_rate(ax, history: list[dict]) -> None:
 
 
 def draw_digit_bars(ax, history: list[dict]) -> None:
-    digits = np.arange(10)
+    digits = np.array(DIGITS)
     width = 0.4
-    for offset, split in ((-width / 2, "train"), (width / 2, "test")):
+    for offset, split in zip((-width / 2, width / 2), DIGIT_ERROR_SPLITS, strict=True):
         errors = 100 * per_digit_errors(history, split)[-1]
         bars = ax.bar(digits + offset, errors, width, color=COLOURS[split], label=split)
         if split == "test":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from mnist_mlp.history import EPOCH, LEARNING_RATE, SECONDS, accuracy_column, loss_column
 from mnist_mlp.results import Listener, RunResult
 
 
@@ -73,15 +74,13 @@ class Console(Listener):
         )
 
     def on_epoch(self, row: dict) -> None:
-        validation = (
-            f"  val {row['validation_accuracy']:.2%} (loss {row['validation_loss']:.4f})"
-            if "validation_accuracy" in row
-            else ""
-        )
+        def figures(split: str) -> str:
+            return f"{row[accuracy_column(split)]:.2%} (loss {row[loss_column(split)]:.4f})"
+
+        validation = f"  val {figures('validation')}" if accuracy_column("validation") in row else ""
         self.say(
-            f"epoch {row['epoch']:>3}/{self.epochs}  lr {row['learning_rate']:.3g}  "
-            f"train {row['train_accuracy']:.2%} (loss {row['train_loss']:.4f}){validation}  "
-            f"test {row['test_accuracy']:.2%} (loss {row['test_loss']:.4f})  {row['seconds']:.2f} s"
+            f"epoch {row[EPOCH]:>3}/{self.epochs}  lr {row[LEARNING_RATE]:.3g}  "
+            f"train {figures('train')}{validation}  test {figures('test')}  {row[SECONDS]:.2f} s"
         )
 
     def on_finish(self, result: RunResult) -> None:

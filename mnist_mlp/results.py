@@ -14,6 +14,7 @@ import numpy as np
 
 from mnist_mlp.config import Config
 from mnist_mlp.data import N_CLASSES, Mnist
+from mnist_mlp.history import accuracy_column, loss_column
 from mnist_mlp.rundir import RunDir
 
 if TYPE_CHECKING:  # model.py needs TensorFlow; this module does not
@@ -49,11 +50,11 @@ class Evaluation:
 def headline_metrics(test: Evaluation) -> dict:
     """The test figures under metrics.json's names (used at the end of training and by `evaluate`)."""
     return {
-        "test_accuracy": test.accuracy,
+        accuracy_column("test"): test.accuracy,
         "test_error": 1.0 - test.accuracy,
         "mean_per_digit_test_error": float(test.per_digit_error.mean()),
         "per_digit_test_error": [float(e) for e in test.per_digit_error],
-        "test_loss": test.loss,
+        loss_column("test"): test.loss,
     }
 
 

@@ -18,6 +18,16 @@ from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Mnist, load_mnist
 from mnist_mlp.device import select_device
 from mnist_mlp.errors import UserError
+from mnist_mlp.history import (
+    BATCH_LOSS,
+    DIGIT_ERROR_SPLITS,
+    EPOCH,
+    LEARNING_RATE,
+    SECONDS,
+    accuracy_column,
+    digit_error_column,
+    loss_column,
+)
 from mnist_mlp.results import Evaluation, Listener, RunResult, headline_metrics
 from mnist_mlp.rundir import CheckpointState, RunDir
 from mnist_mlp.training import (
@@ -79,7 +89,7 @@ def stop_on_signals() -> Iterator[StopFlag]:
 
 def monitored_loss(row: dict) -> float:
     """What convergence and the best checkpoint watch: validation loss, else training loss; never test."""
-    return row.get("validation_loss", row["train_loss"])
+    return row.get(loss_column("validation"), row[loss_column("train")])
 
 
 def is_best(history: list[dict]) -> bool:
@@ -102,34 +112,30 @@ def converged(history: list[dict], config: TrainConfig) -> bool:
 def epoch_row(epoch: int, lr: float, progress: EpochProgress, evaluations: dict[str, Evaluation]) -> dict:
     """One history.csv row: the epoch's training time and loss, then each split's figures and per-digit errors."""
     row = {
-        "epoch": epoch,
-        "learning_rate": lr,
-        "seconds": progress.seconds,
-        "batch_loss": progress.loss_sum / max(progress.step, 1),
+        EPOCH: epoch,
+        LEARNING_RATE: lr,
+        SECONDS: progress.seconds,
+        BATCH_LOSS: progress.loss_sum / max(progress.step, 1),
     }
-    for name, ev in evaluations.items():
-        row[f"{name}_loss"], row[f"{name}_accuracy"] = ev.loss, ev.accuracy
-    for name in ("train", "test"):
-        row.update({f"{name}_error_{d}": float(e) for d, e in enumerate(evaluations[name].per_digit_error)})
+    for split, ev in evaluations.items():
+        row[loss_column(split)], row[accuracy_column(split)] = ev.loss, ev.accuracy
+    for split in DIGIT_ERROR_SPLITS:
+        row.update({digit_error_column(split, d): float(e) for d, e in enumerate(evaluations[split].per_digit_error)})
     return row
 
 
 def summary_metrics(history: list[dict], final: dict[str, Evaluation], status: str, extra: dict) -> dict:
     """metrics.json: the final epoch's figures, per-digit test errors and totals."""
-    metrics = {
-        "status": status,
-        **headline_metrics(final["test"]),
-        "train_accuracy": final["train"].accuracy,
-        "train_loss": final["train"].loss,
-    }
-    if "validation" in final:
-        metrics["validation_accuracy"] = final["validation"].accuracy
-        metrics["validation_loss"] = final["validation"].loss
+    metrics = {"status": status, **headline_metrics(final["test"])}
+    for split in ("train", "validation"):
+        if split in final:
+            metrics[accuracy_column(split)] = final[split].accuracy
+            metrics[loss_column(split)] = final[split].loss
     best = min(history, key=monitored_loss)
     metrics |= {
         "epochs": len(history),
-        "best_epoch": best["epoch"],
-        "seconds_total": sum(row["seconds"] for row in history),
+        "best_epoch": best[EPOCH],
+        "seconds_total": sum(row[SECONDS] for row in history),
         **extra,
     }
     return metrics
@@ -220,7 +226,7 @@ def _starting_point(run: RunDir, trainer: Trainer, config: Config, resume: bool)
         return [], EpochProgress(epoch=1)
     state = run.restore_checkpoint(trainer.model)
     finished = state.epoch - 1 if state.step else state.epoch
-    history = [row for row in run.read_history() if row["epoch"] <= finished]
+    history = [row for row in run.read_history() if row[EPOCH] <= finished]
     if len(history) != finished:
         raise UserError(f"{run.history_file}: has {len(history)} epochs, the checkpoint {finished}")
     if state.step:

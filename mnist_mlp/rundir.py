@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from mnist_mlp.config import Config, from_dict, save_config
 from mnist_mlp.errors import UserError
+from mnist_mlp.history import EPOCH
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -148,9 +149,7 @@ class RunDir:
             return []
         try:
             with self.history_file.open(newline="") as file:
-                return [
-                    {k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(file)
-                ]
+                return [{k: int(v) if k == EPOCH else float(v) for k, v in row.items()} for row in csv.DictReader(file)]
         except (ValueError, TypeError):
             raise UserError(f"{self.history_file}: malformed (expected numbers in every column)") from None
 

@@ -15,19 +15,21 @@ from typing import Any, TextIO
 import yaml
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from mnist_mlp.history import EPOCH, accuracy_column, loss_column
 from mnist_mlp.plots import new_figure, save_figure
 from mnist_mlp.rundir import RunDir, atomic_write
 from mnist_mlp.sweep_file import Sweep, Trial
 
 TOP_CURVES = 5  # trials in the learning-curves plot
 DONE = ("finished", "converged", "diverged")  # a trial folder with one of these statuses is not run again
+# metrics.json names a split's figures as history.csv does.
+VAL_ACCURACY, VAL_LOSS, TEST_ACCURACY = (
+    accuracy_column("validation"),
+    loss_column("validation"),
+    accuracy_column("test"),
+)
 METRIC_COLUMNS = (
-    "validation_accuracy",
-    "validation_loss",
-    "test_accuracy",
-    "test_loss",
-    "train_accuracy",
-    "train_loss",
+    *(column(split) for split in ("validation", "test", "train") for column in (accuracy_column, loss_column)),
     "epochs",
     "best_epoch",
 )
@@ -49,7 +51,7 @@ def trial_row(trial: Trial, run_dir: Path) -> dict:
 
 def usable(row: dict) -> bool:
     """A trial that trained without diverging and has validation figures can be chosen."""
-    return row["status"] != "diverged" and row["validation_accuracy"] is not None
+    return row["status"] != "diverged" and row[VAL_ACCURACY] is not None
 
 
 def ranked(rows: list[dict]) -> list[dict]:
@@ -58,7 +60,7 @@ def ranked(rows: list[dict]) -> list[dict]:
     def order(row: dict) -> tuple:
         if not usable(row):
             return (1, 0.0, 0.0, 0)
-        return (0, -row["validation_accuracy"], row["validation_loss"], row["epochs"])
+        return (0, -row[VAL_ACCURACY], row[VAL_LOSS], row["epochs"])
 
     return sorted(rows, key=order)  # stable: ties keep the sweep's order
 
@@ -99,9 +101,9 @@ def write_best_config(path: Path, trial: Trial, row: dict, sweep: Sweep) -> None
     """The chosen trial's complete config, loadable with --config; a comment says how it was chosen."""
     header = (
         f"# Chosen by `mnist-mlp sweep {sweep.path}`: trial {trial.id}, the best of {len(sweep.trials)} on\n"
-        f"# validation accuracy ({row['validation_accuracy']:.2%}, loss {row['validation_loss']:.4f}, on the last "
+        f"# validation accuracy ({row[VAL_ACCURACY]:.2%}, loss {row[VAL_LOSS]:.4f}, on the last "
         f"{trial.config.data.validation_size} training images)\n"
-        f"# after {row['epochs']} epochs. Its test accuracy, {row['test_accuracy']:.2%}, was recorded, not used.\n"
+        f"# after {row['epochs']} epochs. Its test accuracy, {row[TEST_ACCURACY]:.2%}, was recorded, not used.\n"
     )
     atomic_write(path, header + yaml.safe_dump(trial.config.to_dict(), sort_keys=False))
 
@@ -126,8 +128,8 @@ def summary_markdown(sweep: Sweep, rows: list[dict]) -> str:
     ]
     for rank, row in enumerate(ranked(rows), start=1):
         cells = [str(rank) if usable(row) else "–", f"`{row['trial']}`", *(_show(row[k]) for k in sweep.keys)]
-        cells += [row["status"], _show(row["epochs"]), _show(row["best_epoch"]), _percent(row["validation_accuracy"])]
-        cells += [_show(row["validation_loss"], ".4f"), _percent(row["test_accuracy"])]
+        cells += [row["status"], _show(row["epochs"]), _show(row["best_epoch"]), _percent(row[VAL_ACCURACY])]
+        cells += [_show(row[VAL_LOSS], ".4f"), _percent(row[TEST_ACCURACY])]
         cells.append(_show(row["train_seconds"], ".1f"))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![validation accuracy against learning rate](plots/accuracy_vs_rate.png)", ""]
@@ -173,7 +175,7 @@ def plot_accuracy_against_rate(pairs: list[tuple[Trial, dict]], path: Path) -> N
     for trial, row in pairs:
         groups.setdefault(trial.config.train.l1, []).append((trial, row))
     for l1, members in sorted(groups.items()):
-        ok = [(t.config.train.learning_rate, r["validation_accuracy"] * 100) for t, r in members if usable(r)]
+        ok = [(t.config.train.learning_rate, r[VAL_ACCURACY] * 100) for t, r in members if usable(r)]
         best: dict[float, float] = {}
         for rate, accuracy in ok:
             best[rate] = max(accuracy, best.get(rate, -1.0))
@@ -206,10 +208,10 @@ def plot_learning_curves(curves: list[tuple[dict, list[dict]]], keys: list[str],
     fig = new_figure(10, 4.2)
     loss_ax, accuracy_ax = fig.subplots(1, 2)
     for row, history in curves:
-        epochs = [h["epoch"] for h in history]
+        epochs = [h[EPOCH] for h in history]
         label = f"{row['trial'][:6]} " + " ".join(f"{_short(k)}={_show(row[k])}" for k in keys)
-        loss_ax.plot(epochs, [h["validation_loss"] for h in history], marker=".", label=label)
-        accuracy_ax.plot(epochs, [h["validation_accuracy"] * 100 for h in history], marker=".", label=label)
+        loss_ax.plot(epochs, [h[VAL_LOSS] for h in history], marker=".", label=label)
+        accuracy_ax.plot(epochs, [h[VAL_ACCURACY] * 100 for h in history], marker=".", label=label)
     loss_ax.set_yscale("log")
     loss_ax.set_ylabel("validation loss")
     accuracy_ax.set_ylabel("validation accuracy (%)")
@@ -249,8 +251,8 @@ def _figures(row: dict) -> str:
     if not usable(row):
         return f"diverged after {row['epochs'] or 0} epoch(s)"
     return (
-        f"val {row['validation_accuracy']:.2%} (loss {row['validation_loss']:.4f})  "
-        f"test {row['test_accuracy']:.2%}  {row['epochs']} epochs, {row['status']}"
+        f"val {row[VAL_ACCURACY]:.2%} (loss {row[VAL_LOSS]:.4f})  "
+        f"test {row[TEST_ACCURACY]:.2%}  {row['epochs']} epochs, {row['status']}"
     )
 
 
@@ -259,11 +261,11 @@ def progress_line(count: int, total: int, row: dict, best: dict, keys: list[str]
     lead = f"[{count}/{total}] {row['trial']} {_describe(row, keys)}: {_figures(row)}{seconds}"
     if not usable(best):
         return f"{lead}  | best: none yet"
-    return f"{lead}  | best: {best['trial']} val {best['validation_accuracy']:.2%}"
+    return f"{lead}  | best: {best['trial']} val {best[VAL_ACCURACY]:.2%}"
 
 
 def closing_line(best: dict, out: Path) -> str:
     return (
-        f"best: {best['trial']} ({best['validation_accuracy']:.2%} validation, {best['test_accuracy']:.2%} test, "
+        f"best: {best['trial']} ({best[VAL_ACCURACY]:.2%} validation, {best[TEST_ACCURACY]:.2%} test, "
         f"{best['epochs']} epochs); config: {out / 'best.yaml'}, table: {out / 'summary.md'}"
     )

@@ -12,27 +12,34 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from mnist_mlp.history import (
+    BATCH_LOSS,
+    DIGITS,
+    EPOCH,
+    LEARNING_RATE,
+    SECONDS,
+    accuracy_column,
+    digit_error_column,
+    loss_column,
+    splits_in,
+)
 from mnist_mlp.results import Listener, RunResult
-
-SPLITS = ("train", "validation", "test")
 
 
 def epoch_scalars(row: dict) -> dict[str, dict[str, float]]:
     """A history.csv row as {split: {tag: value}}: the scalars TensorBoard shows for that epoch."""
     scalars: dict[str, dict[str, float]] = {}
-    for split in SPLITS:
-        if f"{split}_loss" not in row:
-            continue
-        tags = {"loss": row[f"{split}_loss"], "accuracy": row[f"{split}_accuracy"]}
-        digit_errors = [row[f"{split}_error_{d}"] for d in range(10) if f"{split}_error_{d}" in row]
+    for split in splits_in(row):
+        tags = {"loss": row[loss_column(split)], "accuracy": row[accuracy_column(split)]}
+        digit_errors = [row[digit_error_column(split, d)] for d in DIGITS if digit_error_column(split, d) in row]
         if digit_errors:
             tags |= {f"per_digit_error/digit_{d}": error for d, error in enumerate(digit_errors)}
             tags["per_digit_error/mean"] = sum(digit_errors) / len(digit_errors)
         scalars[split] = tags
     scalars["train"] |= {
-        "learning_rate": row["learning_rate"],
-        "loss_mini_batch_mean": row["batch_loss"],
-        "epoch_seconds": row["seconds"],
+        "learning_rate": row[LEARNING_RATE],
+        "loss_mini_batch_mean": row[BATCH_LOSS],
+        "epoch_seconds": row[SECONDS],
     }
     return scalars
 
@@ -47,7 +54,7 @@ class TensorBoardWriter(Listener):
     def on_epoch(self, row: dict) -> None:
         for split, tags in epoch_scalars(row).items():
             writer = self._writer(split)
-            with writer.as_default(step=int(row["epoch"])):
+            with writer.as_default(step=int(row[EPOCH])):
                 for tag, value in tags.items():
                     tf.summary.scalar(tag, float(value))
             writer.flush()
