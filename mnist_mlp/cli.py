@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = RunDir.create(args.out, name, overwrite=args.overwrite)
     console = Console(config.train.epochs, quiet=args.quiet, batch_size=config.train.batch_size)
     # Plots and TensorBoard first: the console's closing lines name their files.
-    listeners = [PlotWriter(), TensorBoardWriter(run.path / "tb"), SavedModelWriter(), console]
+    listeners = [PlotWriter(), TensorBoardWriter(run.tensorboard), SavedModelWriter(), console]
     try:
         train_and_evaluate(config, run, listeners, resume=bool(args.resume), mnist=mnist)
     except Diverged as exc:
@@ -77,9 +77,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from mnist_mlp.plots import plot_run
+    from mnist_mlp.rundir import RunDir
 
     report = plot_run(args.dir)
-    print(f"plots in {args.dir / 'plots'}: {', '.join(p.name for p in report.written)}")
+    print(f"plots in {RunDir(args.dir).plots}: {', '.join(p.name for p in report.written)}")
     if report.skipped:
         print(f"skipped {' and '.join(report.skipped)}: {report.reason}")
     return 0

@@ -1,7 +1,7 @@
 """A saved run, evaluated again: its model restored from a checkpoint and scored on the test set.
 
 The figures come from the code that scored the run at the end of training (Trainer.evaluate on the
-run's own device, data and config), so a finished run evaluates to the numbers in its metrics.json.
+run's own device, data and config), so a finished run evaluates to the numbers in its metrics file.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class RunEvaluation:
 
     @property
     def metrics(self) -> dict:
-        """The test figures under metrics.json's names."""
+        """The test figures under the metrics file's names."""
         return headline_metrics(self.test)
 
     def to_dict(self) -> dict:

@@ -1,6 +1,7 @@
 """The served artefact: a TensorFlow SavedModel of a trained MLP, loadable with TensorFlow alone.
 
-DIR/saved_model has two signatures, both returning {"probabilities": float32 [N, 10], "digit": int32 [N]}:
+A run's SavedModel (the folder RunDir.saved_model) has two signatures, both returning
+{"probabilities": float32 [N, 10], "digit": int32 [N]}:
   serving_default  images: uint8 [N, 28, 28], MNIST-like (light ink on black, 0-255)
   serving_float    pixels: float32 [N, 784] in [0, 1], rows of 28 pixels one after another
 The math is model.forward and model.log_softmax, traced into the graph, so it cannot drift from training.
@@ -24,7 +25,6 @@ from mnist_mlp.rundir import replace_dir
 if TYPE_CHECKING:
     from mnist_mlp.model import MLP
 
-SAVED_MODEL = "saved_model"  # the folder's name inside a run
 SIGNATURES = ("serving_default", "serving_float")
 
 
@@ -91,4 +91,4 @@ class SavedModelWriter(Listener):
     """Exports the finished run's model to RUN/saved_model, so every finished run can be served."""
 
     def on_finish(self, result: RunResult) -> None:
-        export_saved_model(result.model, result.run.path / SAVED_MODEL)
+        export_saved_model(result.model, result.run.saved_model)

@@ -2,7 +2,7 @@
 
 A row holds the epoch, its learning rate, its training time and mean mini-batch loss, then for each split
 (train, validation when the run holds one out, test) its loss and accuracy, and for train and test the
-classification error of each digit. metrics.json names its split figures the same way (`test_accuracy`).
+classification error of each digit. The metrics file names its split figures the same way (`test_accuracy`).
 """
 
 from __future__ import annotations
@@ -34,5 +34,5 @@ def digit_error_column(split: str, digit: int) -> str:
 
 
 def splits_in(row: dict) -> list[str]:
-    """The splits a row (of history.csv, or metrics.json) has figures for: train, [validation,] test."""
+    """The splits a row (of the history, or the metrics) has figures for: train, [validation,] test."""
     return [split for split in SPLITS if loss_column(split) in row]

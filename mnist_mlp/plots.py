@@ -2,8 +2,8 @@
 
 Everything is drawn on the Agg canvas directly (no pyplot, no GUI backend, no global matplotlib state), so it
 works headless and in any thread. The curves need only history.csv; the confusion matrix and the grid of
-misclassified digits also need the test predictions, which a finished run keeps in test_predictions.npy, and
-the test images, which `mnist-mlp plot DIR` reloads through the run's config.yaml.
+misclassified digits also need the test predictions, which a finished run keeps in its folder, and the
+test images, which `mnist-mlp plot DIR` reloads through the run's config.yaml.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from mnist_mlp.history import (
 from mnist_mlp.results import Listener, RunResult, confusion_matrix
 from mnist_mlp.rundir import RunDir, atomic_write_with
 
-PREDICTIONS_FILE = "test_predictions.npy"
 PREDICTION_PLOTS = ("confusion_matrix.png", "misclassified.png")
 DPI = 110
 # One colour per split, the same in every figure.
@@ -81,7 +80,7 @@ class PlotWriter(Listener):
     def on_finish(self, result: RunResult) -> None:
         predictions = result.final["test"].predictions
         save_predictions(result.run, predictions)
-        write_plots(result.run.plots, result.history, result.mnist.test, predictions, result.config)
+        write_plots(result.run, result.history, result.mnist.test, predictions, result.config)
 
 
 # Entry points.
@@ -98,18 +97,18 @@ def plot_run(path: Path) -> PlotReport:
     config, test, predictions, reason = None, None, None, ""
     try:
         config = run.read_config() if run.config_file.is_file() else None
-        test, predictions = _load_test_predictions(run, config)
+        test, predictions = _reload_predictions(run, config)
     except UserError as exc:
         reason = str(exc)
     try:
-        written = write_plots(run.plots, history, test, predictions, config)
+        written = write_plots(run, history, test, predictions, config)
     except OSError as exc:
         raise UserError(f"{run.plots}: cannot write the plots ({exc.strerror or exc})") from None
     return PlotReport(written, () if test is not None else PREDICTION_PLOTS, reason)
 
 
 def write_plots(
-    folder: Path,
+    run: RunDir,
     history: list[dict],
     test: Split | None = None,
     predictions: np.ndarray | None = None,
@@ -117,10 +116,10 @@ def write_plots(
 ) -> list[Path]:
     """Draw the curve plots from `history`, and the prediction plots when `test` and `predictions` are given.
 
-    `folder` is the run's plots/ folder; the run folder's name titles every figure.
+    They go into the run's plots folder; the run folder's name titles every figure.
     """
-    check_history(history, where=str(folder.parent / "history.csv"))
-    name = folder.resolve().parent.name
+    check_history(history, where=str(run.history_file))
+    folder, name = run.plots, run.path.resolve().name
     drawings: dict[str, Callable[[], Figure]] = {
         "loss.png": lambda: loss_figure(history, name),
         "accuracy.png": lambda: accuracy_figure(history, name),
@@ -139,8 +138,8 @@ def write_plots(
 
 
 def save_predictions(run: RunDir, predictions: np.ndarray) -> Path:
-    """DIR/test_predictions.npy: the predicted digit of each test image (uint8), written atomically."""
-    path = run.path / PREDICTIONS_FILE
+    """The predicted digit of each test image (uint8) into the run folder, written atomically."""
+    path = run.test_predictions_file
     digits = np.asarray(predictions, dtype=np.uint8)
     atomic_write_with(path, lambda file: np.save(file, digits, allow_pickle=False))
     return path
@@ -381,9 +380,9 @@ def draw_headline(ax, figures: Headline, config: Config | None, seconds: float |
 # Predictions for `mnist-mlp plot`.
 
 
-def _load_test_predictions(run: RunDir, config: Config | None) -> tuple[Split, np.ndarray]:
+def _reload_predictions(run: RunDir, config: Config | None) -> tuple[Split, np.ndarray]:
     """The run's test images (reloaded per its config) and saved predictions; UserError says why not."""
-    path = run.path / PREDICTIONS_FILE
+    path = run.test_predictions_file
     if not path.is_file():
         raise UserError(f"{path}: not found (written when a run finishes)")
     if config is None:

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_mlp.evaluate import restore_model
-from mnist_mlp.export import SAVED_MODEL, load_saved_model
+from mnist_mlp.export import load_saved_model
 from mnist_mlp.images import ImageError, load_digit
 from mnist_mlp.model import predict_proba
 from mnist_mlp.rundir import RunDir
@@ -38,7 +38,7 @@ class Prediction:
 
 def load_classifier(run: RunDir) -> tuple[Classify, str]:
     """The run's SavedModel (the served artefact) if present, else its last checkpoint; and which it is."""
-    saved = run.path / SAVED_MODEL
+    saved = run.saved_model
     if saved.exists():
         serve = load_saved_model(saved).signatures["serving_default"]
 

@@ -87,7 +87,7 @@ class Console(Listener):
         plots = sorted(p.name for p in result.run.plots.glob("*.png")) if result.run.plots.is_dir() else []
         if plots:
             self.say(f"plots in {result.run.plots}: {', '.join(plots)}", always=True)
-        tensorboard = result.run.path / "tb"
+        tensorboard = result.run.tensorboard
         if tensorboard.is_dir():
             self.say(
                 f"TensorBoard logs in {tensorboard} (view: {tensorboard_command()} --logdir {tensorboard})", always=True

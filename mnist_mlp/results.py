@@ -1,7 +1,7 @@
 """What a run produces and who hears about it, without TensorFlow: evaluations, headline figures, listeners.
 
 An `Evaluation` is one split scored after an epoch (its loss, predicted digits and confusion matrix);
-`headline_metrics` names the test figures as metrics.json does; a `RunResult` is what a finished run hands
+`headline_metrics` names the test figures as the run's metrics file does; a `RunResult` is what a finished run hands
 its `Listener`s (the console, the plots, TensorBoard, the SavedModel export).
 """
 
@@ -48,7 +48,7 @@ class Evaluation:
 
 
 def headline_metrics(test: Evaluation) -> dict:
-    """The test figures under metrics.json's names (used at the end of training and by `evaluate`)."""
+    """The test figures under the metrics file's names (used at the end of training and by `evaluate`)."""
     return {
         accuracy_column("test"): test.accuracy,
         "test_error": 1.0 - test.accuracy,

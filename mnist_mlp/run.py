@@ -125,7 +125,7 @@ def epoch_row(epoch: int, lr: float, progress: EpochProgress, evaluations: dict[
 
 
 def summary_metrics(history: list[dict], final: dict[str, Evaluation], status: str, extra: dict) -> dict:
-    """metrics.json: the final epoch's figures, per-digit test errors and totals."""
+    """The metrics file: the final epoch's figures, per-digit test errors and totals."""
     metrics = {"status": status, **headline_metrics(final["test"])}
     for split in ("train", "validation"):
         if split in final:

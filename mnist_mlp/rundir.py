@@ -1,4 +1,4 @@
-"""A run's folder: config.yaml, history.csv, metrics.json and checkpoints/, all written atomically.
+"""A run's folder: `RunDir` owns its layout (every name in it is spelled here) and writes its files atomically.
 
 Every file is written to a temporary name and renamed into place, so a crash or kill never leaves a
 half-written file; an existing run is never overwritten unless asked. TensorFlow is imported only by the
@@ -28,7 +28,15 @@ if TYPE_CHECKING:
 
     from mnist_mlp.model import MLP
 
-RUN_FILES = ("config.yaml", "history.csv", "metrics.json")
+# The layout of a run folder; other modules use RunDir's paths, never these names.
+CONFIG_FILE = "config.yaml"  # the complete config the run trained with
+HISTORY_FILE = "history.csv"  # one row per finished epoch (columns: history.py)
+METRICS_FILE = "metrics.json"  # the final figures (results.headline_metrics) and totals
+CHECKPOINTS = "checkpoints"  # the last and best weights and position; state.json names them
+PLOTS = "plots"  # the report's plots (plots.py)
+TENSORBOARD = "tb"  # TensorBoard logs (tensorboard.py)
+SAVED_MODEL = "saved_model"  # the served model (export.py)
+PREDICTIONS_FILE = "test_predictions.npy"  # the predicted digit of each test image, to redraw the plots
 
 
 def atomic_write_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -85,11 +93,25 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.config_file = self.path / "config.yaml"
-        self.history_file = self.path / "history.csv"
-        self.metrics_file = self.path / "metrics.json"
-        self.checkpoints = self.path / "checkpoints"
-        self.plots = self.path / "plots"
+        self.config_file = self.path / CONFIG_FILE
+        self.history_file = self.path / HISTORY_FILE
+        self.metrics_file = self.path / METRICS_FILE
+        self.checkpoints = self.path / CHECKPOINTS
+        self.plots = self.path / PLOTS
+        self.tensorboard = self.path / TENSORBOARD
+        self.saved_model = self.path / SAVED_MODEL
+        self.test_predictions_file = self.path / PREDICTIONS_FILE
+
+    @property
+    def run_files(self) -> tuple[Path, ...]:
+        """The files whose presence makes a folder a run (some of them exist once an epoch is done)."""
+        return self.config_file, self.history_file, self.metrics_file
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """Everything a run writes into its folder: what --overwrite removes."""
+        folders = (self.checkpoints, self.plots, self.tensorboard, self.saved_model)
+        return *self.run_files, *folders, self.test_predictions_file
 
     @classmethod
     def create(cls, path: Path | None, name: str, overwrite: bool = False) -> RunDir:
@@ -99,15 +121,14 @@ class RunDir:
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
             raise UserError(f"{run.path}: exists and is not a folder")
-        existing = [f for f in RUN_FILES if (run.path / f).exists()]
+        existing = [f.name for f in run.run_files if f.exists()]
         if existing and not overwrite:
             raise UserError(
                 f"{run.path}: already holds a run ({', '.join(existing)}); "
                 "pass --resume to continue it, --overwrite to replace it, or another --out"
             )
         if existing:
-            for stale in [*RUN_FILES, "checkpoints", "plots", "tb", "saved_model", "test_predictions.npy"]:
-                target = run.path / stale
+            for target in run.outputs:
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         run.path.mkdir(parents=True, exist_ok=True)
         return run
@@ -155,6 +176,10 @@ class RunDir:
 
     def write_metrics(self, metrics: dict) -> None:
         atomic_write(self.metrics_file, json.dumps(metrics, indent=2) + "\n")
+
+    def read_metrics(self) -> dict:
+        """metrics.json as written (raises OSError when absent, ValueError when malformed)."""
+        return json.loads(self.metrics_file.read_text())
 
     # Checkpoints: complete folders renamed into place, and state.json (atomic) naming the last and best.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import json
 import logging
 import multiprocessing
 import os
@@ -98,7 +97,7 @@ def run_sweep(
 def finished_status(run_dir: Path) -> str | None:
     """The status of a finished trial folder; None when it has not finished (never run, or interrupted)."""
     try:
-        status = json.loads((run_dir / "metrics.json").read_text()).get("status")
+        status = RunDir(run_dir).read_metrics().get("status")
     except (OSError, ValueError, AttributeError):
         return None
     return status if status in DONE else None

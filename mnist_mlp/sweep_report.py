@@ -22,7 +22,7 @@ from mnist_mlp.sweep_file import Sweep, Trial
 
 TOP_CURVES = 5  # trials in the learning-curves plot
 DONE = ("finished", "converged", "diverged")  # a trial folder with one of these statuses is not run again
-# metrics.json names a split's figures as history.csv does.
+# The metrics file names a split's figures as history.csv does.
 VAL_ACCURACY, VAL_LOSS, TEST_ACCURACY = (
     accuracy_column("validation"),
     loss_column("validation"),
@@ -42,7 +42,7 @@ def trial_dir(out: Path, trial: Trial) -> Path:
 
 def trial_row(trial: Trial, run_dir: Path) -> dict:
     """A trials.csv row: id, swept values, status, validation/test/train figures, epochs and time."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = RunDir(run_dir).read_metrics()
     row = {"trial": trial.id, **trial.values, "status": metrics["status"]}
     row |= {name: metrics.get(name) for name in METRIC_COLUMNS}
     row["train_seconds"] = metrics.get("seconds_total")

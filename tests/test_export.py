@@ -14,9 +14,9 @@ import tensorflow as tf
 
 from mnist_mlp.config import ModelConfig
 from mnist_mlp.errors import UserError
-from mnist_mlp.export import SAVED_MODEL, SavedModelWriter, export_saved_model, load_saved_model
+from mnist_mlp.export import SavedModelWriter, export_saved_model, load_saved_model
 from mnist_mlp.model import MLP, predict_proba
-from mnist_mlp.rundir import RunDir
+from mnist_mlp.rundir import SAVED_MODEL, RunDir
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from mnist_mlp import plots, training
 from mnist_mlp.cli import main
 from mnist_mlp.config import Config
 from mnist_mlp.errors import UserError
-from mnist_mlp.plots import PREDICTION_PLOTS, PREDICTIONS_FILE, PlotWriter, plot_run
+from mnist_mlp.plots import PREDICTION_PLOTS, PlotWriter, plot_run
 from mnist_mlp.results import Evaluation, confusion_matrix
 from mnist_mlp.run import epoch_row, train_and_evaluate
-from mnist_mlp.rundir import RunDir
+from mnist_mlp.rundir import PREDICTIONS_FILE, RunDir
 from mnist_mlp.training import EpochProgress
 from tests.conftest import synthetic_mnist
 

@@ -17,9 +17,9 @@ from mnist_mlp import cli
 from mnist_mlp.config import Config
 from mnist_mlp.data import Split
 from mnist_mlp.evaluate import restore_model
-from mnist_mlp.export import SAVED_MODEL, export_saved_model, load_saved_model
+from mnist_mlp.export import export_saved_model, load_saved_model
 from mnist_mlp.model import MLP, predict_proba
-from mnist_mlp.rundir import CheckpointState, RunDir
+from mnist_mlp.rundir import SAVED_MODEL, CheckpointState, RunDir
 
 N_DIGITS = 500  # per variant: the first test images
 
