@@ -1,7 +1,7 @@
-"""Training: mini-batch SGD with the hand-written gradients, many steps per compiled call.
+"""Training: mini-batch steps with the hand-written gradients and an optimizer's update, many steps per compiled call.
 
 The per-step cost of a network this small is overhead, not arithmetic, so one `tf.function` call runs
-`train.steps_per_call` SGD steps in a graph loop over mini-batches of data already on the device. The
+`train.steps_per_call` training steps in a graph loop over mini-batches of data already on the device. The
 images stay uint8 there; each batch is scaled to [0, 1] when it is gathered. The epoch's shuffle is a
 stateless function of (seed, epoch), so a run is reproducible and resumable to the bit on the CPU.
 """
@@ -24,6 +24,7 @@ from mnist_mlp.device import Device
 from mnist_mlp.errors import ConfigError
 from mnist_mlp.gradients import loss_gradients
 from mnist_mlp.model import MLP, cross_entropy, forward, one_hot_columns, to_columns
+from mnist_mlp.optimizers import make_optimizer
 from mnist_mlp.results import Evaluation, confusion_matrix
 
 EVAL_CHUNK = 10000  # images per evaluation call: bounded memory, few calls
@@ -49,7 +50,8 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
 
 
 class Trainer:
-    """Holds the model, the training data on the device and the compiled SGD and evaluation calls."""
+    """Holds the model and its optimizer, the training data on the device and the compiled training and
+    evaluation calls."""
 
     def __init__(self, config: Config, train: Split, device: Device):
         self.config, self.device = config, device
@@ -62,9 +64,10 @@ class Trainer:
             )
         with tf.device(device.name):
             self.model = MLP(config.model, config.seed)
+            self.optimizer = make_optimizer(config.train, self.params)  # its slots, if any, on the device too
             self.images, self.labels = self.to_device(train)
         self.train_steps = tf.function(self._train_steps, jit_compile=device.jit_compile)
-        self.train_step = tf.function(self.sgd_step)  # one step per call: the slow path, for bench and tests
+        self.train_step = tf.function(self.step)  # one step per call: the slow path, for bench and tests
         self.evaluate_chunk = tf.function(
             self._evaluate_chunk,
             input_signature=[tf.TensorSpec([None, 784], tf.uint8), tf.TensorSpec([None], tf.uint8)],
@@ -75,26 +78,31 @@ class Trainer:
         with tf.device(self.device.name):
             return tf.constant(split.images.reshape(len(split), -1)), tf.constant(split.labels)
 
-    def sgd_step(self, images: tf.Tensor, labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
-        """One mini-batch: forward, hand-written backprop, W ← W − α(∇W + λ·sign(W)); returns the batch loss."""
+    @property
+    def params(self) -> list[tf.Variable]:
+        """What the optimizer updates: W^1 … W^L, then W0^1 … W0^L (the order of loss_gradients' results)."""
+        return self.model.W + self.model.W0
+
+    def step(self, images: tf.Tensor, labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        """One mini-batch: forward, hand-written backprop, the optimizer's update; returns the batch loss."""
         cfg = self.config.train
         with tf.device(self.device.name):  # else, on a Mac with runtime.device=cpu, ops could land on the GPU
             X, y = to_columns(images), one_hot_columns(labels)
             H, logits = forward(self.model, X)
             loss = cross_entropy(logits, y)
             grad_W, grad_W0 = loss_gradients(self.model, H, logits, y, cfg.l1, cfg.l1_biases)
-            for param, grad in zip(self.model.W + self.model.W0, grad_W + grad_W0, strict=True):
-                param.assign_sub(lr * grad)  # W(t) = W(t−1) − α(∇W + λ ∂R/∂W)
+            # The optimizer's update, e.g. SGD's W ← W − α(∇W + λ·sign(W)) (optimizers.py)
+            self.optimizer.apply_gradients(zip(grad_W + grad_W0, self.params, strict=True), lr)
             if cfg.loss_after_update:  # the report's way: the batch's loss again, on the new weights
                 loss = cross_entropy(forward(self.model, X)[1], y)
             return loss
 
     def _train_steps(self, images, labels, order, first_step, count, lr) -> tf.Tensor:
-        """`count` SGD steps from `first_step` of the epoch's order; returns the sum of their batch losses."""
+        """`count` training steps from `first_step` of the epoch's order; returns the sum of their batch losses."""
 
         def one_step(step: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             batch = tf.slice(order, [step * self.batch_size], [self.batch_size])
-            return step + 1, total + self.sgd_step(tf.gather(images, batch), tf.gather(labels, batch), lr)
+            return step + 1, total + self.step(tf.gather(images, batch), tf.gather(labels, batch), lr)
 
         # An explicit while_loop, not `for step in tf.range(...)`: AutoGraph's range loop makes XLA treat the
         # bounds as compile-time constants and recompile for every new first_step (seconds per epoch).
