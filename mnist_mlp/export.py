@@ -36,6 +36,7 @@ class ServingModel(tf.Module):
         # Own copies: training may go on changing the model's variables after an export.
         self.W = [tf.Variable(w, trainable=False, name=f"W{i + 1}") for i, w in enumerate(model.W)]
         self.W0 = [tf.Variable(b, trainable=False, name=f"W0_{i + 1}") for i, b in enumerate(model.W0)]
+        self.activation = model.activation
 
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
     def classify_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -5,7 +5,7 @@ Columns are samples (see model.py). For the mean cross-entropy of a mini-batch o
   ∇W0^l = ∇Z^l · 1                         sum over the batch
   ∇W^l = H^{l−1} (∇Z^l)ᵀ                   [N_{l−1} × N_l]
   ∇H^{l−1} = W^l ∇Z^l                      [N_{l−1} × M]
-  ∇Z^{l−1} = ∇H^{l−1} ⊙ ∂φ(H^{l−1})/∂H^{l−1}  ReLU: 1 where H > 0, else 0
+  ∇Z^{l−1} = ∇H^{l−1} ⊙ ∂φ(H^{l−1})/∂H^{l−1}  ReLU: 1 where H > 0, else 0 (model.Activation.derivative)
 and the L1 term λ·sign(W) is added to each weight gradient. The tests check all of it against
 tf.GradientTape and finite differences.
 """
@@ -28,7 +28,7 @@ def backprop(model: MLP, H: list[tf.Tensor], logits: tf.Tensor, y: tf.Tensor) ->
         grad_W.append(tf.matmul(H[layer], grad_Z, transpose_b=True))  # ∇W^l = H^{l−1} (∇Z^l)ᵀ
         if layer > 0:
             grad_H = tf.matmul(model.W[layer], grad_Z)  # ∇H^{l−1} = W^l ∇Z^l
-            grad_Z = grad_H * tf.cast(H[layer] > 0, grad_H.dtype)  # ⊙ ∂φ(H)/∂H = 1 where H > 0
+            grad_Z = grad_H * model.activation.derivative(H[layer])  # ⊙ ∂φ(H)/∂H, ReLU: 1 where H > 0
     return grad_W[::-1], grad_W0[::-1]
 
 

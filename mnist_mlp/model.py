@@ -2,13 +2,17 @@
 
 Columns are samples: X is [N, M] (N = 784 pixels, M images), H^l is [N_l, M], W^l is [N_{l-1}, N_l] and
 the bias W0^l is [N_l, 1]. Forward: H^l = φ((W^l)ᵀ H^{l-1} + W0^l) with φ = ReLU, and ŷ = σ(logits) with
-σ the softmax over the K = 10 classes. Biases are added after the matmul, never as a fused BiasAdd
-(a fused MatMul+BiasAdd+ReLU has given wrong results on Metal in graph mode).
+σ the softmax over the K = 10 classes. Each activation φ is written beside its derivative (`Activation`),
+which gradients.py uses, so another activation is one more entry in ACTIVATIONS. Biases are added after
+the matmul, never as a fused BiasAdd (a fused MatMul+BiasAdd+ReLU has given wrong results on Metal in
+graph mode).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import tensorflow as tf
 
@@ -16,6 +20,24 @@ from mnist_mlp.config import ModelConfig
 from mnist_mlp.data import N_CLASSES
 
 N_PIXELS = 28 * 28
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A hidden layer's φ beside its derivative. The derivative is a function of the layer's output H (what
+    forward() keeps for backprop): the report's ∂φ(H)/∂H, elementwise."""
+
+    name: str
+    fn: Callable[[tf.Tensor], tf.Tensor]
+    derivative: Callable[[tf.Tensor], tf.Tensor]
+
+
+RELU = Activation(
+    "relu",
+    fn=tf.nn.relu,  # φ(Z) = max(0, Z)
+    derivative=lambda H: tf.cast(H > 0, H.dtype),  # ∂φ(H)/∂H = 1 where H > 0, else 0
+)
+ACTIVATIONS = {activation.name: activation for activation in (RELU,)}
 
 
 class MLP(tf.Module):
@@ -30,6 +52,7 @@ class MLP(tf.Module):
             for layer, (n_in, n_out) in enumerate(itertools.pairwise(sizes))
         ]
         self.W0 = [tf.Variable(tf.zeros([n, 1], dtype), name=f"W0_{layer + 1}") for layer, n in enumerate(sizes[1:])]
+        self.activation = RELU  # φ of the hidden layers, as in the report
 
     @property
     def variables_in_order(self) -> list[tf.Variable]:
@@ -63,7 +86,7 @@ def forward(model: MLP, X: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
     """Return the activations [H^0 = X, H^1, ..., H^{L-1}] (kept for backprop) and the output logits."""
     H = [X]
     for W, W0 in zip(model.W[:-1], model.W0[:-1], strict=True):
-        H.append(tf.nn.relu(tf.matmul(W, H[-1], transpose_a=True) + W0))  # H^l = φ((W^l)ᵀ H^{l-1} + W0^l)
+        H.append(model.activation.fn(tf.matmul(W, H[-1], transpose_a=True) + W0))  # H^l = φ((W^l)ᵀ H^{l-1} + W0^l)
     logits = tf.matmul(model.W[-1], H[-1], transpose_a=True) + model.W0[-1]  # (W^L)ᵀ H^{L-1} + W0^L
     return H, logits
 

@@ -7,7 +7,16 @@ import pytest
 import tensorflow as tf
 
 from mnist_mlp.config import ModelConfig
-from mnist_mlp.model import MLP, cross_entropy, forward, log_softmax, one_hot_columns, predict_proba, to_columns
+from mnist_mlp.model import (
+    ACTIVATIONS,
+    MLP,
+    cross_entropy,
+    forward,
+    log_softmax,
+    one_hot_columns,
+    predict_proba,
+    to_columns,
+)
 
 
 def test_shapes_follow_the_report_notation():
@@ -70,3 +79,14 @@ def test_predict_proba_rows_are_distributions():
     probabilities = predict_proba(model, np.full((3, 28, 28), 200, np.uint8)).numpy()
     assert probabilities.shape == (3, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_each_activation_derivative_matches_gradient_tape(name):
+    """The derivative, given H = φ(Z), equals dφ/dZ from tf.GradientTape (away from ReLU's kink at 0)."""
+    activation = ACTIVATIONS[name]
+    Z = tf.constant(np.random.default_rng(0).normal(size=(6, 5)) + 0.01, tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(Z)
+        H = activation.fn(Z)
+    np.testing.assert_allclose(activation.derivative(H).numpy(), tape.gradient(H, Z).numpy(), rtol=1e-12)
