@@ -22,6 +22,7 @@ BOX = 20  # the digit's longer side, in pixels
 CENTRE = 14.0  # where the ink's centre of mass goes (row and column)
 MIN_CONTRAST = 0.1  # ink must differ from the background by this much of the full range
 NOISE_FLOOR = 0.1  # after stretching, fainter pixels are background (paper grain, JPEG ringing)
+MIN_EXTENT = 0.1  # ink spanning less than this share of the picture's shorter side is a speck, not a digit
 
 
 class ImageError(UserError):
@@ -32,6 +33,10 @@ class ImageError(UserError):
         super().__init__(f"{path}: {reason}")
 
 
+class BlankImage(ValueError):
+    """The picture holds no digit: nothing stands out from the background, or only a speck does."""
+
+
 def load_digit(path: str | Path) -> np.ndarray:
     """Read an image file and return it prepared like MNIST: uint8 [28, 28], light ink on black."""
     path = Path(path)
@@ -40,6 +45,12 @@ def load_digit(path: str | Path) -> np.ndarray:
         return prepare_digit(grey)
     except ValueError as exc:
         raise ImageError(path, str(exc)) from None
+
+
+def digit_from_bytes(data: bytes) -> np.ndarray:
+    """load_digit for an image already in memory (an upload); ValueError says what is wrong with it
+    (BlankImage when it holds no digit)."""
+    return prepare_digit(to_grey(decode_image(data)))
 
 
 def read_image(path: Path) -> Image.Image:
@@ -55,15 +66,25 @@ def read_image(path: Path) -> Image.Image:
     if not data:
         raise ImageError(path, "empty file (0 bytes), not an image")
     try:
+        return decode_image(data)
+    except ValueError as exc:
+        raise ImageError(path, str(exc)) from None
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Fully decode image bytes (upright, per the EXIF orientation); ValueError saying what is wrong."""
+    if not data:
+        raise ValueError("empty (0 bytes), not an image")
+    try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decode now: a truncated or corrupt file fails here, not later
             return ImageOps.exif_transpose(image)
     except UnidentifiedImageError:
-        raise ImageError(path, "not an image: not a format Pillow reads (expected PNG or JPEG)") from None
+        raise ValueError("not an image: not a format Pillow reads (expected PNG or JPEG)") from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(path, f"too large to read safely ({exc})") from None
+        raise ValueError(f"too large to read safely ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # what Pillow raises for damaged files
-        raise ImageError(path, f"damaged or truncated image ({_first_line(exc)})") from None
+        raise ValueError(f"damaged or truncated image ({_first_line(exc)})") from None
 
 
 def to_grey(image: Image.Image) -> np.ndarray:
@@ -84,9 +105,13 @@ def to_grey(image: Image.Image) -> np.ndarray:
 
 
 def prepare_digit(grey: np.ndarray) -> np.ndarray:
-    """Greyscale [H, W] in [0, 1] (either polarity) to an MNIST-like uint8 [28, 28]; ValueError if blank."""
+    """Greyscale [H, W] in [0, 1] (either polarity) to an MNIST-like uint8 [28, 28]; BlankImage if no digit."""
     ink = light_ink_on_dark(grey)
     rows, cols = np.nonzero(ink)
+    extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+    if extent < MIN_EXTENT * min(grey.shape):  # a dot or a stray tap, scaled up, would look like any digit
+        height, width = grey.shape
+        raise BlankImage(f"no digit found: only a speck of ink ({extent} px across in a {width}×{height} image)")
     digit = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     digit = fit_in_box(digit, BOX)
     return np.rint(centre_by_mass(digit, SIZE, CENTRE) * 255.0).astype(np.uint8)
@@ -103,7 +128,7 @@ def light_ink_on_dark(grey: np.ndarray) -> np.ndarray:
         grey, background = 1.0 - grey, 1.0 - background
     peak = float(grey.max())
     if peak - background < MIN_CONTRAST:
-        raise ValueError("no digit found: the image is blank (no marks that stand out from the background)")
+        raise BlankImage("no digit found: the image is blank (no marks that stand out from the background)")
     ink = np.clip((grey - background) / (peak - background), 0.0, 1.0)
     ink[ink < NOISE_FLOOR] = 0.0
     return ink

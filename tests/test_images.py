@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mnist_mlp.data import Split
-from mnist_mlp.images import BOX, CENTRE, ImageError, load_digit, prepare_digit, to_grey
+from mnist_mlp.images import BOX, CENTRE, MIN_EXTENT, ImageError, digit_from_bytes, load_digit, prepare_digit, to_grey
 
 
 def draw_seven(size: tuple[int, int] = (120, 160), ink: int = 0, paper: int = 255, offset=(0, 0)) -> Image.Image:
@@ -117,6 +117,40 @@ def test_real_mnist_digits_are_left_almost_unchanged(mnist_splits: tuple[Split, 
     close = [np.abs(prepare_digit(image / 255.0).astype(int) - image).mean() for image in test.images[:200]]
     assert np.mean(same) > 0.9, np.mean(same)  # measured 0.965 over 500 digits
     assert np.mean(close) < 5, np.mean(close)  # mean absolute change in grey levels (of 255)
+
+
+def dot(size: int, diameter: int) -> Image.Image:
+    """A round dot of ink in the middle of a size × size white page: what a tap leaves on a drawing pad."""
+    image = Image.new("L", (size, size), 255)
+    low = (size - diameter) // 2
+    ImageDraw.Draw(image).ellipse([low, low, low + diameter, low + diameter], fill=0)
+    return image
+
+
+def test_a_short_stroke_is_a_digit_where_a_dot_is_a_speck():
+    """The speck rule looks at the ink's extent against the picture's shorter side, whatever its resolution."""
+    for size in (28, 280, 2800):
+        shortest = int(np.ceil(MIN_EXTENT * size))
+        stroke = Image.new("L", (size, size), 0)
+        ImageDraw.Draw(stroke).line([(size // 2, size // 4), (size // 2, size // 4 + shortest - 1)], fill=255)
+        assert prepare_digit(np.asarray(stroke) / 255.0).max() == 255  # a 1, however short, is read
+        with pytest.raises(ValueError, match="only a speck"):
+            prepare_digit(np.asarray(dot(size, max(1, shortest - 2))) / 255.0)
+
+
+def test_a_dot_is_reported_as_a_speck(tmp_path):
+    path = save(dot(280, 20), tmp_path / "tap.png")
+    with pytest.raises(
+        ImageError, match=r"tap.png: no digit found: only a speck of ink \(21 px across in a 280×280 image\)"
+    ):
+        load_digit(path)
+
+
+def test_bytes_in_memory_are_prepared_like_the_same_file(tmp_path):
+    path = save(draw_seven(), tmp_path / "seven.png")
+    np.testing.assert_array_equal(digit_from_bytes(path.read_bytes()), load_digit(path))
+    with pytest.raises(ValueError, match="not an image"):
+        digit_from_bytes(b"plain text")
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
