@@ -88,6 +88,18 @@ def load_saved_model(path: Path) -> Any:
     return loaded
 
 
+def restore_saved_model(model: MLP, path: Path) -> None:
+    """Copy the weights of the SavedModel at `path` into `model` (same layer sizes), or raise UserError."""
+    loaded = load_saved_model(path)
+    theirs = [v for pair in zip(loaded.W, loaded.W0, strict=True) for v in pair]
+    if [v.shape for v in theirs] != [v.shape for v in model.variables_in_order]:
+        sizes = "-".join(str(n) for n in [loaded.W[0].shape[0], *(w.shape[1] for w in loaded.W)])
+        wanted = "-".join(str(n) for n in model.sizes)
+        raise UserError(f"{path}: does not fit this model (layer sizes {sizes}; config.yaml says {wanted})")
+    for mine, saved in zip(model.variables_in_order, theirs, strict=True):
+        mine.assign(saved)
+
+
 class SavedModelWriter(Listener):
     """Exports the finished run's model to RUN/saved_model, so every finished run can be served."""
 

@@ -1,4 +1,4 @@
-"""Classify a user's digit images with a trained run: its SavedModel if it has one, else its last checkpoint.
+"""Classify a user's digit images with a trained run: the weights of its SavedModel, else of its last checkpoint.
 
 Each file is read and prepared on its own (images.load_digit), so one bad file costs only its own
 line; the good ones are classified together in one call.
@@ -11,49 +11,55 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from mnist_mlp.evaluate import restore_model
-from mnist_mlp.export import load_saved_model
+from mnist_mlp.export import restore_saved_model
 from mnist_mlp.images import ImageError, load_digit
-from mnist_mlp.model import predict_proba
+from mnist_mlp.model import MLP, predict_proba
 from mnist_mlp.rundir import RunDir
 
-# uint8 images [N, 28, 28] to (probabilities [N, 10], digits [N]).
-Classify = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# uint8 images [N, 28, 28] to class probabilities [N, 10].
+Classify = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One file's answer: the digit and its probability, or why the file could not be classified."""
+    """One file's answer: the digit, its probability and all ten, or why the file could not be classified."""
 
     file: str
     digit: int | None = None
     probability: float | None = None
+    probabilities: list[float] | None = None
     error: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def load_classifier(run: RunDir) -> tuple[Classify, str]:
-    """The run's SavedModel (the served artefact) if present, else its last checkpoint; and which it is."""
+def answer(probabilities: np.ndarray) -> dict:
+    """The fields a classified image gets, from its ten probabilities: digit, probability, probabilities."""
+    digit = int(np.argmax(probabilities))
+    rounded = [round(float(p), 6) for p in probabilities]
+    return {"digit": digit, "probability": rounded[digit], "probabilities": rounded}
+
+
+def load_model(run: RunDir) -> tuple[MLP, str]:
+    """The run's trained MLP: the weights of its SavedModel (the served artefact) if it has one, else of its
+    last checkpoint; and which of the two it is."""
     saved = run.saved_model
-    if saved.exists():
-        serve = load_saved_model(saved).signatures["serving_default"]
+    if not saved.exists():
+        _, model, _ = restore_model(run, "last")
+        return model, f"{run.checkpoints} (last checkpoint)"
+    config = run.read_config()
+    model = MLP(config.model, config.seed)
+    restore_saved_model(model, saved)
+    return model, str(saved)
 
-        def classify_saved(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            out = serve(images=tf.constant(images, tf.uint8))
-            return out["probabilities"].numpy(), out["digit"].numpy()
 
-        return classify_saved, str(saved)
-    _, model, _ = restore_model(run, "last")
-
-    def classify_checkpoint(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probabilities = predict_proba(model, images).numpy()
-        return probabilities, probabilities.argmax(axis=1)
-
-    return classify_checkpoint, f"{run.checkpoints} (last checkpoint)"
+def load_classifier(run: RunDir) -> tuple[Classify, str]:
+    """load_model's MLP as a function of images; and where its weights came from."""
+    model, source = load_model(run)
+    return lambda images: predict_proba(model, images).numpy(), source
 
 
 def predict_files(paths: Sequence[str | Path], classify: Classify) -> list[Prediction]:
@@ -66,10 +72,9 @@ def predict_files(paths: Sequence[str | Path], classify: Classify) -> list[Predi
             failures[index] = exc.reason
     answers = {}
     if digits:
-        probabilities, predicted = classify(np.stack(list(digits.values())))
-        for index, p, d in zip(digits, probabilities, predicted, strict=True):
-            answers[index] = (int(d), round(float(p[d]), 6))
+        probabilities = classify(np.stack(list(digits.values())))
+        answers = {index: answer(p) for index, p in zip(digits, probabilities, strict=True)}
     return [
-        Prediction(str(path), *answers[i]) if i in answers else Prediction(str(path), error=failures[i])
+        Prediction(str(path), **answers[i]) if i in answers else Prediction(str(path), error=failures[i])
         for i, path in enumerate(paths)
     ]

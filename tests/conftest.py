@@ -1,4 +1,5 @@
-"""Shared fixtures: real MNIST when it can be had, and a small synthetic set for fast unit tests."""
+"""Shared fixtures: real MNIST when it can be had, a small synthetic set for fast unit tests, and saved runs
+(untrained, and trained on real MNIST) for the commands that load one."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_mlp import cli
 from mnist_mlp.config import Config, DataConfig
 from mnist_mlp.data import DATA_DIR_ENV, Mnist, Split, read_idx_folder, split
+from mnist_mlp.rundir import CheckpointState, RunDir
 
 REQUIRE_ENV = "MNIST_MLP_REQUIRE_DATA"
 
@@ -56,3 +59,30 @@ def tiny_config() -> Config:
         .replace(**{"model.hidden": [16, 12], "train.epochs": 2, "train.batch_size": 20, "train.steps_per_call": 3})
         .replace(**{"runtime.device": "cpu"})
     )
+
+
+@pytest.fixture(scope="session")
+def random_run(tmp_path_factory) -> Path:
+    """config.yaml, a last checkpoint and a SavedModel of one untrained 784-100-100-10 model (no data needed)."""
+    from mnist_mlp.export import export_saved_model
+    from mnist_mlp.model import MLP
+
+    config = Config()
+    model = MLP(config.model, config.seed)
+    run = RunDir.create(tmp_path_factory.mktemp("random") / "run", "random")
+    run.write_config(config)
+    run.save_checkpoint(model, CheckpointState(1, 0, 0.0, 0.0), best=True)
+    export_saved_model(model, run.saved_model)
+    return run.path
+
+
+@pytest.fixture(scope="session")
+def trained_run(mnist_dir: Path, tmp_path_factory) -> Path:
+    """`mnist-mlp train` for two epochs of the default config (97% test accuracy), which also exports."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    status = cli.main(
+        ["train", "--out", str(out), "--quiet", "--set", "train.epochs=2", "--set", f"data.dir={mnist_dir}"]
+    )
+    assert status == 0
+    assert (RunDir(out).saved_model / "saved_model.pb").is_file()  # every finished run is exported
+    return out

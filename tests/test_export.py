@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from mnist_mlp.config import ModelConfig
 from mnist_mlp.errors import UserError
-from mnist_mlp.export import SavedModelWriter, export_saved_model, load_saved_model
+from mnist_mlp.export import SavedModelWriter, export_saved_model, load_saved_model, restore_saved_model
 from mnist_mlp.model import MLP, predict_proba
 from mnist_mlp.rundir import SAVED_MODEL, RunDir
 
@@ -109,6 +109,22 @@ def test_writer_exports_a_finished_run(tmp_path, model, images):
     SavedModelWriter().on_finish(SimpleNamespace(run=run, model=model))
     out = load_saved_model(tmp_path / SAVED_MODEL).signatures["serving_default"](images=images)
     np.testing.assert_array_equal(out["digit"].numpy(), predict_proba(model, images).numpy().argmax(axis=1))
+
+
+def test_restoring_copies_the_weights_into_a_fresh_model(exported, model, images):
+    fresh = MLP(ModelConfig(hidden=[100, 100]), seed=0)  # other initial weights, zero biases
+    restore_saved_model(fresh, exported)
+    for mine, theirs in zip(fresh.variables_in_order, model.variables_in_order, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    np.testing.assert_array_equal(predict_proba(fresh, images).numpy(), predict_proba(model, images).numpy())
+
+
+def test_restoring_into_another_architecture_says_so(exported):
+    other = MLP(ModelConfig(hidden=[50]), seed=0)
+    with pytest.raises(
+        UserError, match=r"does not fit this model \(layer sizes 784-100-100-10; config.yaml says 784-50-10\)"
+    ):
+        restore_saved_model(other, exported)
 
 
 def test_loading_errors_name_the_folder(tmp_path):

@@ -14,12 +14,11 @@ import tensorflow as tf
 from PIL import Image
 
 from mnist_mlp import cli
-from mnist_mlp.config import Config
 from mnist_mlp.data import Split
 from mnist_mlp.evaluate import restore_model
-from mnist_mlp.export import export_saved_model, load_saved_model
-from mnist_mlp.model import MLP, predict_proba
-from mnist_mlp.rundir import SAVED_MODEL, CheckpointState, RunDir
+from mnist_mlp.export import load_saved_model
+from mnist_mlp.model import predict_proba
+from mnist_mlp.rundir import SAVED_MODEL, RunDir
 
 N_DIGITS = 500  # per variant: the first test images
 
@@ -35,19 +34,7 @@ def folder_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
 
 
-# Fast tests: a run folder made by hand around an untrained model (no data needed).
-
-
-@pytest.fixture(scope="module")
-def random_run(tmp_path_factory) -> Path:
-    """config.yaml, a last checkpoint and a SavedModel of one untrained 784-100-100-10 model."""
-    config = Config()
-    model = MLP(config.model, config.seed)
-    run = RunDir.create(tmp_path_factory.mktemp("predict") / "run", "random")
-    run.write_config(config)
-    run.save_checkpoint(model, CheckpointState(1, 0, 0.0, 0.0), best=True)
-    export_saved_model(model, run.path / SAVED_MODEL)
-    return run.path
+# Fast tests: a run folder made by hand around an untrained model (conftest's random_run; no data needed).
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +68,9 @@ def test_json_lines_report_every_file_and_exit_1_when_some_failed(random_run, so
     for good in ("a.png", "b.jpg"):
         assert by_name[good]["error"] is None
         assert by_name[good]["digit"] in range(10) and 0.1 <= by_name[good]["probability"] <= 1.0
+        probabilities = by_name[good]["probabilities"]
+        assert len(probabilities) == 10 and probabilities[by_name[good]["digit"]] == by_name[good]["probability"]
+        assert max(probabilities) == by_name[good]["probability"] and sum(probabilities) == pytest.approx(1, abs=1e-5)
     expected_errors = {
         "notes.txt": "not an image",
         "cut.png": "damaged or truncated image",
@@ -89,6 +79,7 @@ def test_json_lines_report_every_file_and_exit_1_when_some_failed(random_run, so
     }
     for name, says in expected_errors.items():
         assert by_name[name]["digit"] is None and by_name[name]["probability"] is None
+        assert by_name[name]["probabilities"] is None
         assert says in by_name[name]["error"]
 
 
@@ -147,19 +138,7 @@ def test_damaged_saved_model_exits_2(random_run, some_files, tmp_path, capsys):
     assert status == 2 and err.startswith(f"error: {run / SAVED_MODEL}: cannot load the SavedModel (")
 
 
-# Slow tests: a real two-epoch training run through the CLI, and real MNIST test digits as files.
-
-
-@pytest.fixture(scope="module")
-def trained_run(mnist_dir: Path, tmp_path_factory) -> Path:
-    """`mnist-mlp train` for two epochs of the default config (96% test accuracy), which also exports."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    status = cli.main(
-        ["train", "--out", str(out), "--quiet", "--set", "train.epochs=2", "--set", f"data.dir={mnist_dir}"]
-    )
-    assert status == 0
-    assert (out / SAVED_MODEL / "saved_model.pb").is_file()  # every finished run is exported
-    return out
+# Slow tests: conftest's trained_run (two epochs through the CLI), and real MNIST test digits as files.
 
 
 def grey(pixels: np.ndarray) -> Image.Image:
