@@ -115,6 +115,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_SOME_FILES_FAILED if any(p.error for p in predictions) else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mnist_mlp.rundir import RunDir
+    from mnist_mlp.serve import make_server
+
+    with make_server(RunDir.open(args.dir), args.host, args.port) as server:
+        print(f"serving {args.dir} ({server.run_info['weights']}) at {server.url}  (Ctrl-C stops)", flush=True)
+        server.serve_forever()  # Ctrl-C: KeyboardInterrupt, reported by main as one line, exit 130
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -163,8 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify PNG/JPEG digit images with a saved run")
     predict.add_argument("dir", type=Path, metavar="DIR", help="run folder (its saved_model, else last checkpoint)")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files: any size, colour or polarity")
-    predict.add_argument("--json", action="store_true", help="JSON lines: file, digit, probability, error")
+    predict.add_argument(
+        "--json", action="store_true", help="JSON lines: file, digit, probability, probabilities, error"
+    )
     predict.set_defaults(handler=cmd_predict)
+
+    serve = commands.add_parser("serve", help="a local web page: draw a digit, see what the network sees and does")
+    serve.add_argument("dir", type=Path, metavar="DIR", help="run folder (its saved_model, else last checkpoint)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: only this machine)"
+    )
+    serve.set_defaults(handler=cmd_serve)
 
     bench = commands.add_parser("bench", help="time training on each device (CPU, Metal GPU) against Keras and NumPy")
     bench.add_argument("--quick", action="store_true", help="a tenth of an epoch per repeat: under a minute")

@@ -1,0 +1,248 @@
+"""`mnist-mlp serve`: a local page to draw a digit and watch a trained run read it, and the JSON API it uses.
+
+    GET  /              the page: web/index.html, app.js and style.css, served from the package (no network)
+    GET  /api/run       the run served: its name, where the weights came from, test accuracy, config summary
+    POST /api/predict   image bytes (PNG or JPEG) as the body: `predict --json`'s fields and what the page draws
+
+An upload is prepared by images.digit_from_bytes (the code `predict` runs on files) and classified by the MLP
+that predict.load_model restores, so the page, the API and `predict` give the same answer for the same picture.
+The standard library's threading server is enough for one person's browser and a few scripts on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from urllib.parse import urlsplit
+
+import numpy as np
+import tensorflow as tf
+
+from mnist_mlp.errors import UserError
+from mnist_mlp.images import BlankImage, digit_from_bytes
+from mnist_mlp.model import MLP, forward, log_softmax, to_columns
+from mnist_mlp.predict import answer, load_model
+from mnist_mlp.rundir import RunDir
+
+MAX_BODY = 5 * 1024 * 1024  # bytes; a larger upload is refused (413) before any of it is read
+# After a 413 the body is read and dropped, up to this many bytes, so that clients which send all of it
+# before they read the answer (Python's http.client, for one) get the 413 rather than a broken pipe.
+DISCARD_LIMIT = 64 * 1024 * 1024
+TOP_UNITS = 8  # the most active first-layer units, whose incoming weights the page draws
+READ_TIMEOUT = 30  # seconds a client may stall mid-request before its connection is dropped
+
+# URL path: (file in mnist_mlp/web, Content-Type)
+PAGE = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+RUN_INFO, PREDICT = "/api/run", "/api/predict"
+
+
+class Inspector:
+    """A trained MLP that answers one prepared image with its inner workings; callable from many threads."""
+
+    def __init__(self, model: MLP):
+        self.model = model
+        self.first_weights = model.W[0].numpy()  # [784, N_1]: column j holds unit j's incoming weights
+        self._lock = threading.Lock()
+
+    def look(self, image: np.ndarray) -> dict:
+        """`predict --json`'s fields for uint8 [28, 28] `image`, plus the image, every hidden layer's
+        activations and the incoming weights of the TOP_UNITS most active first-layer units."""
+        with self._lock:  # one TensorFlow call at a time: about a millisecond each, and no sharing to reason about
+            H, logits = forward(self.model, to_columns(image[None], self.model.W[0].dtype))
+            probabilities = tf.exp(log_softmax(logits))[:, 0].numpy()  # ŷ = σ(logits), as predict_proba
+            hidden = [h[:, 0].numpy() for h in H[1:]]  # H^1 … H^{L-1} for this one image
+        first = hidden[0]
+        top = [int(j) for j in np.argsort(-first, kind="stable")[:TOP_UNITS] if first[j] > 0]
+        return {
+            **answer(probabilities),
+            "error": None,
+            "blank": False,
+            "image": image.ravel().tolist(),  # 784 grey levels, row after row
+            "hidden": [np.round(h, 4).tolist() for h in hidden],
+            "top_units": [
+                {
+                    "unit": j,
+                    "activation": round(float(first[j]), 4),
+                    "weights": np.round(self.first_weights[:, j], 4).tolist(),
+                }
+                for j in top
+            ],
+        }
+
+    def weights_of(self, unit: int) -> list[float]:
+        """First-layer unit `unit`'s 784 incoming weights, row after row of the image."""
+        return np.round(self.first_weights[:, unit], 4).tolist()
+
+
+def blank_answer(reason: str) -> dict:
+    """What a picture with no digit gets: the reason, and nothing classified."""
+    return {"digit": None, "probability": None, "probabilities": None, "error": reason, "blank": True,
+            "image": None, "hidden": None, "top_units": None}  # fmt: skip
+
+
+def describe_run(run: RunDir, source: str, model: MLP) -> dict:
+    """GET /api/run: what the page shows at the top."""
+    config, metrics = run.read_config(), finished_metrics(run)
+    train = config.train
+    summary = {
+        "layers": "-".join(str(n) for n in model.sizes),
+        "init": config.model.init,
+        "epochs": metrics.get("epochs", train.epochs),
+        "batch": train.batch_size,
+        "learning rate": f"{train.learning_rate:g}, ×{train.lr_decay:g} every {train.lr_decay_epochs} epochs",
+        "L1 λ": f"{train.l1:g}",
+        "seed": config.seed,
+    }
+    return {
+        "name": run.path.resolve().name,
+        "path": str(run.path),
+        "weights": source,
+        "finished": bool(metrics),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "summary": summary,
+        "config": config.to_dict(),
+    }
+
+
+def finished_metrics(run: RunDir) -> dict:
+    """metrics.json, or {} for a run that has not finished (interrupted, or still training)."""
+    if not run.metrics_file.is_file():
+        return {}
+    try:
+        return run.read_metrics()
+    except ValueError:
+        raise UserError(f"{run.metrics_file}: malformed (not JSON)") from None
+
+
+class Server(ThreadingHTTPServer):
+    """One thread per connection; holds the model, the run's description and the page's files."""
+
+    daemon_threads = True  # Ctrl-C does not wait for open connections
+    request_queue_size = 64  # connections waiting to be accepted; socketserver's 5 reset a burst of 20
+
+    def __init__(self, host: str, port: int, inspector: Inspector, run_info: dict):
+        self.inspector, self.run_info = inspector, run_info
+        web = resources.files("mnist_mlp") / "web"
+        self.page = {path: ((web / name).read_bytes(), kind) for path, (name, kind) in PAGE.items()}
+        try:
+            self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]  # IPv4 or IPv6
+            super().__init__((host, port), Handler)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); try another --port") from None
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up or stalled is its own business; anything else is a bug worth a traceback."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
+def make_server(run: RunDir, host: str = "127.0.0.1", port: int = 8000) -> Server:
+    """A server for `run` (finished or interrupted), bound and ready for serve_forever()."""
+    model, source = load_model(run)
+    return Server(host, port, Inspector(model), describe_run(run, source, model))
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    server_version = "mnist-mlp"
+    timeout = READ_TIMEOUT
+
+    def do_GET(self) -> None:
+        self.route("GET")
+
+    def do_HEAD(self) -> None:
+        self.route("HEAD")
+
+    def do_POST(self) -> None:
+        self.route("POST")
+
+    def do_PUT(self) -> None:
+        self.route("PUT")
+
+    def do_DELETE(self) -> None:
+        self.route("DELETE")
+
+    def do_PATCH(self) -> None:
+        self.route("PATCH")
+
+    def route(self, method: str) -> None:
+        path = urlsplit(self.path).path
+        allowed = "POST" if path == PREDICT else "GET, HEAD" if path in self.server.page or path == RUN_INFO else None
+        if allowed is None:
+            self.send_error_json(HTTPStatus.NOT_FOUND, f"no such page: {path}")
+        elif method not in allowed.split(", "):
+            self.send_error_json(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes {allowed}, not {method}", allowed)
+        elif path == PREDICT:
+            self.predict()
+        elif path == RUN_INFO:
+            self.send_json(HTTPStatus.OK, self.server.run_info)
+        else:
+            self.send(HTTPStatus.OK, *self.server.page[path])
+
+    def predict(self) -> None:
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.send_error_json(HTTPStatus.LENGTH_REQUIRED, "send the image bytes with a Content-Length header")
+            return
+        if not length.isdigit():
+            self.send_error_json(HTTPStatus.BAD_REQUEST, f"Content-Length is not a byte count: {length!r}")
+            return
+        if int(length) > MAX_BODY:
+            self.close_connection = True  # the body must not be taken for the next request
+            self.send_error_json(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the image is {int(length):,} bytes; the limit is {MAX_BODY:,}"
+            )
+            self.discard(int(length))
+            return
+        data = self.rfile.read(int(length))
+        try:
+            image = digit_from_bytes(data)
+        except BlankImage as exc:
+            self.send_json(HTTPStatus.OK, blank_answer(str(exc)))
+        except ValueError as exc:
+            self.send_error_json(HTTPStatus.BAD_REQUEST, str(exc))
+        else:
+            self.send_json(HTTPStatus.OK, self.server.inspector.look(image))
+
+    def discard(self, length: int) -> None:
+        """Read and drop up to `length` bytes of the body (at most DISCARD_LIMIT), a chunk at a time."""
+        left = min(length, DISCARD_LIMIT)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                return
+            left -= len(chunk)
+
+    def send_json(self, status: HTTPStatus, document: dict, allow: str | None = None) -> None:
+        self.send(status, json.dumps(document).encode(), "application/json", allow)
+
+    def send_error_json(self, status: HTTPStatus, message: str, allow: str | None = None) -> None:
+        self.send_json(status, {"error": message}, allow)
+
+    def send(self, status: HTTPStatus, body: bytes, kind: str, allow: str | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")  # a retrained run in the same folder shows at once
+        if allow:
+            self.send_header("Allow", allow)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        """Quiet: the page asks for a prediction every few strokes; the terminal keeps only the URL line."""
