@@ -50,13 +50,15 @@ class Inspector:
 
     def __init__(self, model: MLP):
         self.model = model
-        self.first_weights = model.W[0].numpy()  # [784, N_1]: column j holds unit j's incoming weights
+        # Unit j's 784 incoming weights (column j of W^1), row after row of the image, rounded for the page:
+        # listed once here, as they never change.
+        self.unit_weights = np.round(model.W[0].numpy().T, 4).tolist()
         self._lock = threading.Lock()
 
     def look(self, image: np.ndarray) -> dict:
         """`predict --json`'s fields for uint8 [28, 28] `image`, plus the image, every hidden layer's
         activations and the incoming weights of the TOP_UNITS most active first-layer units."""
-        with self._lock:  # one TensorFlow call at a time: about a millisecond each, and no sharing to reason about
+        with self._lock:  # one forward pass at a time (a millisecond or two): nothing shared to reason about
             H, logits = forward(self.model, to_columns(image[None], self.model.W[0].dtype))
             probabilities = tf.exp(log_softmax(logits))[:, 0].numpy()  # ŷ = σ(logits), as predict_proba
             hidden = [h[:, 0].numpy() for h in H[1:]]  # H^1 … H^{L-1} for this one image
@@ -69,18 +71,9 @@ class Inspector:
             "image": image.ravel().tolist(),  # 784 grey levels, row after row
             "hidden": [np.round(h, 4).tolist() for h in hidden],
             "top_units": [
-                {
-                    "unit": j,
-                    "activation": round(float(first[j]), 4),
-                    "weights": np.round(self.first_weights[:, j], 4).tolist(),
-                }
-                for j in top
+                {"unit": j, "activation": round(float(first[j]), 4), "weights": self.unit_weights[j]} for j in top
             ],
         }
-
-    def weights_of(self, unit: int) -> list[float]:
-        """First-layer unit `unit`'s 784 incoming weights, row after row of the image."""
-        return np.round(self.first_weights[:, unit], 4).tolist()
 
 
 def blank_answer(reason: str) -> dict:
@@ -228,7 +221,7 @@ class Handler(BaseHTTPRequestHandler):
             left -= len(chunk)
 
     def send_json(self, status: HTTPStatus, document: dict, allow: str | None = None) -> None:
-        self.send(status, json.dumps(document).encode(), "application/json", allow)
+        self.send(status, json.dumps(document, separators=(",", ":")).encode(), "application/json", allow)
 
     def send_error_json(self, status: HTTPStatus, message: str, allow: str | None = None) -> None:
         self.send_json(status, {"error": message}, allow)

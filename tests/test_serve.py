@@ -268,7 +268,9 @@ def test_serve_command_prints_its_url_and_stops_on_ctrl_c(random_run):
     repo = Path(mnist_mlp.__file__).parents[1]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "mnist_mlp", "serve", str(random_run), "--port", "0"]
-    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As in a terminal: SIGINT at its default, even when these tests run as a background job that ignores it.
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         line = child.stdout.readline()  # blocks until the server listens (TensorFlow starts first)
         assert line.startswith(f"serving {random_run} ({random_run / SAVED_MODEL}) at http://127.0.0.1:"), line

@@ -1,9 +1,9 @@
 """The `serve` page (mnist_mlp/web) in a real headless Chromium: drawing with mouse, finger and pen, files
 chosen or dropped, and the same probabilities as `predict --json`, with no console errors.
 
-Chromium is Debian's `chromium` (.ci/run installs it), driven by Playwright. Outside CI the tests skip, saying
-why, when either is missing; in CI (CI=true) they fail instead. The model is conftest's trained_run: two epochs
-of real MNIST, so a drawn 1 or 0 must really be read as one.
+The browser is Debian's `chromium` (.ci/run installs it) or an installed Chrome, driven by Playwright. Outside
+CI the tests skip, saying why, when either is missing; in CI (CI=true) they fail instead. The model is
+conftest's trained_run: two epochs of real MNIST, so a drawn 1 or 0 must really be read as one.
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ from tests.test_serve import predict_json, serving
 
 pytestmark = pytest.mark.slow  # a training run and a browser: about a minute in all
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Debian's package first; then the Chrome that GitHub's Linux and macOS runners come with.
+BROWSERS = [
+    "chromium",
+    "chromium-browser",
+    "google-chrome",
+    "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+]
 ARTIFACTS_ENV = "MNIST_MLP_ARTIFACTS"  # a folder to copy screenshots into (CI keeps it)
 PAD = 280  # the drawing pad's size in CSS pixels (web/style.css)
 
@@ -36,14 +42,15 @@ def browser() -> Iterator:
         from playwright.sync_api import sync_playwright
     except ImportError:
         problem = "Playwright is not installed (pip install -e '.[dev]')"
-    if problem is None and not Path(CHROMIUM).is_file():
+    found = [path for path in map(shutil.which, BROWSERS) if path]
+    if problem is None and not found:
         problem = "no Chromium (Debian: apt-get install chromium)"
     if problem:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{problem}: CI must run the browser tests")
         pytest.skip(problem)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM)  # the system's: no browser download
+        browser = playwright.chromium.launch(executable_path=found[0])  # the system's: no browser download
         yield browser
         browser.close()
 

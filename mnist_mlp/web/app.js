@@ -329,7 +329,7 @@ function drawUnits(topUnits) {
     const figure = document.createElement("figure");
     figure.dataset.unit = String(unit);
     const caption = document.createElement("figcaption");
-    caption.textContent = `unit ${unit + 1}: ${activation.toFixed(2)}`;
+    caption.textContent = `unit ${unit}: ${activation.toFixed(2)}`; // numbered from 0, as in the API
     figure.append(canvas, caption);
     holder.append(figure);
   }
