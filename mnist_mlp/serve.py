@@ -11,6 +11,7 @@ The standard library's threading server is enough for one person's browser and a
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import sys
@@ -130,7 +131,8 @@ class Server(ThreadingHTTPServer):
             self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]  # IPv4 or IPv6
             super().__init__((host, port), Handler)
         except OSError as exc:
-            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); try another --port") from None
+            hint = "; pass another --port (0: any free one)" if exc.errno == errno.EADDRINUSE else ""
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}){hint}") from None
 
     def handle_error(self, request, client_address) -> None:
         """A client that hung up or stalled is its own business; anything else is a bug worth a traceback."""
@@ -155,25 +157,13 @@ class Handler(BaseHTTPRequestHandler):
     timeout = READ_TIMEOUT
 
     def do_GET(self) -> None:
-        self.route("GET")
+        """Every method goes through route(), which answers 405 where the path takes another."""
+        self.route()
 
-    def do_HEAD(self) -> None:
-        self.route("HEAD")
+    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
-    def do_POST(self) -> None:
-        self.route("POST")
-
-    def do_PUT(self) -> None:
-        self.route("PUT")
-
-    def do_DELETE(self) -> None:
-        self.route("DELETE")
-
-    def do_PATCH(self) -> None:
-        self.route("PATCH")
-
-    def route(self, method: str) -> None:
-        path = urlsplit(self.path).path
+    def route(self) -> None:
+        path, method = urlsplit(self.path).path, self.command
         allowed = "POST" if path == PREDICT else "GET, HEAD" if path in self.server.page or path == RUN_INFO else None
         if allowed is None:
             self.send_error_json(HTTPStatus.NOT_FOUND, f"no such page: {path}")
@@ -191,7 +181,7 @@ class Handler(BaseHTTPRequestHandler):
         if length is None:
             self.send_error_json(HTTPStatus.LENGTH_REQUIRED, "send the image bytes with a Content-Length header")
             return
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             self.send_error_json(HTTPStatus.BAD_REQUEST, f"Content-Length is not a byte count: {length!r}")
             return
         if int(length) > MAX_BODY:

@@ -257,9 +257,21 @@ def test_an_interrupted_run_is_served_from_its_last_checkpoint(random_run, tmp_p
     assert_same_answer(served, predict_json(capsys, random_run, path)[0])  # the same weights either way
 
 
-def test_a_port_in_use_is_one_clear_error(random_run):
-    with serving(random_run) as url, pytest.raises(UserError, match=r"cannot listen on 127\.0\.0\.1:\d+ \("):
+def test_a_port_in_use_or_an_unknown_host_is_one_clear_error(random_run):
+    with serving(random_run) as url, pytest.raises(UserError) as caught:
         make_server(RunDir.open(random_run), "127.0.0.1", urlsplit(url).port)
+    port = urlsplit(url).port
+    assert (
+        str(caught.value)
+        == f"cannot listen on 127.0.0.1:{port} (Address already in use); pass another --port (0: any free one)"
+    )
+    with pytest.raises(UserError, match=r"^cannot listen on no-such-host\.invalid:0 \([^;]+\)$"):
+        make_server(RunDir.open(random_run), "no-such-host.invalid", 0)
+
+
+def test_a_content_length_that_is_not_a_number_gets_400(url):
+    status, _, served = request(url, "/api/predict", "POST", b"abc", {"Content-Length": "²"})
+    assert status == 400 and "not a byte count" in served["error"]
 
 
 @pytest.mark.slow  # a second process importing TensorFlow: 10 to 40 s here
