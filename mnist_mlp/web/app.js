@@ -298,7 +298,7 @@ function drawLayers(hidden, topUnits) {
     const figure = document.createElement("figure");
     const caption = document.createElement("figcaption");
     caption.textContent = hidden
-      ? `Hidden layer ${index + 1}: ${active} of ${size} units active, the most ${top.toFixed(2)}`
+      ? `Hidden layer ${index + 1}: ${active} of ${size} units active (largest ${top.toFixed(2)})`
       : `Hidden layer ${index + 1}: ${size} units`;
     figure.append(canvas, caption);
     holder.append(figure);
