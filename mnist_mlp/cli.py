@@ -9,51 +9,114 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mnist_mlp import import_tensorflow_quietly
 from mnist_mlp.errors import UserError
 
-EXIT_USER_ERROR, EXIT_DIVERGED = 2, 1
+if TYPE_CHECKING:
+    from mnist_mlp.config import Config
+    from mnist_mlp.run import RunPlan
+    from mnist_mlp.rundir import RunDir
+
+EXIT_USER_ERROR = 2
+EXIT_TRAINING_FAILED = 1  # train: the loss diverged, or memory ran out
 EXIT_SOME_FILES_FAILED = 1  # predict: some images could not be classified (the others were)
 EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a different loss
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mnist_mlp.config import load_config
+    """Check everything, then make the run folder, then train: a failed check leaves nothing behind."""
     from mnist_mlp.data import load_mnist
-    from mnist_mlp.rundir import RunDir
+    from mnist_mlp.rundir import RunDir, check_out_path
 
+    # 1. Every check that can fail, before anything is made or touched.
     if args.resume:
-        if args.config or args.set or args.out:
-            raise UserError("--resume continues a run with its own config.yaml; drop --config, --set and --out")
+        if args.config or args.out or args.overwrite:
+            raise UserError("--resume continues a run with its own config.yaml; drop --config, --out and --overwrite")
         run = RunDir.open(args.resume)
-        config = run.read_config()
+        config = resumed_config(run, args)
     else:
-        config = load_config(args.config, args.set)
-    mnist = load_mnist(config.data)  # bad data fails before TensorFlow starts and before any folder is made
+        config = new_config(args)
+        check_out_path(args.out or Path("runs"), overwrite=args.overwrite)
+    mnist = load_mnist(config.data)  # bad data fails before TensorFlow starts
     import_tensorflow_quietly()
+    from mnist_mlp.run import plan_run
+
+    plan = plan_run(config, mnist)  # device, batch count, memory of the model's tensors
+    # 2. The run folder (a new run), then 3. training.
+    if not args.resume:
+        name = Path(args.config).stem if args.config else "default"
+        run = RunDir.create(args.out, name, overwrite=args.overwrite, config=plan.config)
+    try:
+        status = train_in(run, plan, args)
+    except BaseException:
+        if not args.resume:
+            run.abandon()
+        raise
+    if args.resume or status == 0:
+        return status
+    if run.replaces is not None:  # stopped in its first epoch: the run it was to replace stays
+        print(f"{run.replaces}: left as it was (the new run did not finish an epoch)", file=sys.stderr)
+        run.abandon()
+    elif status == EXIT_TRAINING_FAILED:  # a run that recorded nothing (not even its divergence) goes
+        run.abandon()
+    return status
+
+
+def new_config(args: argparse.Namespace) -> Config:
+    """--config with --set, and --data-dir as data.dir."""
+    from mnist_mlp.config import load_config
+
+    config = load_config(args.config, args.set)
+    return config.replace(**{"data.dir": str(args.data_dir)}) if args.data_dir else config
+
+
+def resumed_config(run: RunDir, args: argparse.Namespace) -> Config:
+    """The run's own config; --set may change train.epochs alone (to continue a run), --data-dir the data."""
+    from mnist_mlp.config import parse_override
+
+    config = run.read_config()
+    for item in args.set:
+        key, value = parse_override(item)
+        if key != "train.epochs":
+            raise UserError(f"--set {item}: only train.epochs can change when resuming (to continue a run)")
+        config = config.replace(**{key: value})
+    if args.data_dir:
+        config = config.replace(**{"data.dir": str(args.data_dir), "data.tfds_version": None})
+    return config
+
+
+def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace) -> int:
+    """Train `plan` into `run` with the console, plots, TensorBoard and SavedModel; the exit status."""
+    import tensorflow as tf
+
     from mnist_mlp.export import SavedModelWriter
     from mnist_mlp.plots import PlotWriter
     from mnist_mlp.progress import Console
-    from mnist_mlp.run import Interrupted, train_and_evaluate
+    from mnist_mlp.run import Interrupted, train
     from mnist_mlp.tensorboard import TensorBoardWriter
     from mnist_mlp.training import Diverged
 
-    if not args.resume:
-        name = Path(args.config).stem if args.config else "default"
-        run = RunDir.create(args.out, name, overwrite=args.overwrite)
-    console = Console(config.train.epochs, quiet=args.quiet, batch_size=config.train.batch_size)
+    console = Console(plan.config.train.epochs, quiet=args.quiet, batch_size=plan.config.train.batch_size)
     # Plots and TensorBoard first: the console's closing lines name their files.
-    listeners = [PlotWriter(), TensorBoardWriter(run.tensorboard), SavedModelWriter(), console]
+    listeners = [PlotWriter(), TensorBoardWriter(run), SavedModelWriter(), console]
     try:
-        train_and_evaluate(config, run, listeners, resume=bool(args.resume), mnist=mnist)
+        train(plan, run, listeners, resume=bool(args.resume))
     except Diverged as exc:
         console.end_line()
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_DIVERGED
+        return EXIT_TRAINING_FAILED
+    except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+        console.end_line()
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        print(f"error: out of memory while training ({reason}); choose smaller model.hidden or train.batch_size",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_TRAINING_FAILED
     except Interrupted as exc:
         console.end_line()
-        print(str(exc), file=sys.stderr)
+        if run.replaces is None:
+            print(str(exc), file=sys.stderr)
         return 128 + exc.signum
     return 0
 
@@ -67,11 +130,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep_file, args.set)
     out = args.out or Path("sweeps") / args.sweep_file.stem
+
+    def stop(signum: int, _frame: object) -> None:  # SIGTERM as Ctrl-C: worker processes are ended, not orphaned
+        raise Interrupted(signum, "terminated")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         run_sweep(sweep, out, workers=args.workers)
     except (Interrupted, KeyboardInterrupt) as exc:
         print(f"interrupted; finished trials are kept in {out}: run the same command to resume", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -79,7 +149,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from mnist_mlp.plots import plot_run
     from mnist_mlp.rundir import RunDir
 
-    report = plot_run(args.dir)
+    report = plot_run(args.dir, args.data_dir)
     print(f"plots in {RunDir(args.dir).plots}: {', '.join(p.name for p in report.written)}")
     if report.skipped:
         print(f"skipped {' and '.join(report.skipped)}: {report.reason}")
@@ -103,7 +173,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mnist_mlp.predict import load_classifier, predict_files
     from mnist_mlp.rundir import RunDir
 
-    classify, _ = load_classifier(RunDir.open(args.dir))
+    run = RunDir.open(args.dir)
+    classify, source = load_classifier(run)
+    if source != str(run.saved_model):  # an unfinished run: say which weights answer
+        print(f"using {source}", file=sys.stderr, flush=True)
     predictions = predict_files(args.images, classify)
     for p in predictions:
         if args.json:
@@ -147,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML config (default: the built-in defaults, = configs/default.yaml)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--out", type=Path, help="run folder (default: runs/<time>-<config name>)")
-    train.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run in DIR")
+    train.add_argument(
+        "--resume", type=Path, metavar="DIR", help="continue the run in DIR (interrupted, or with --set train.epochs=N)"
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    train.add_argument("--data-dir", type=Path, metavar="PATH", help="MNIST IDX folder (with --resume: if moved)")
     train.add_argument("--quiet", action="store_true", help="print only the final summary")
     train.set_defaults(handler=cmd_train)
 
@@ -161,12 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="redraw a run's plots from its history.csv, without training")
     plot.add_argument("dir", type=Path, metavar="DIR", help="run folder")
+    plot.add_argument("--data-dir", type=Path, metavar="PATH", help="MNIST IDX folder (default: as in training)")
     plot.set_defaults(handler=cmd_plot)
 
     evaluate = commands.add_parser("evaluate", help="score a saved run's model on the test set again")
     evaluate.add_argument("dir", type=Path, metavar="DIR", help="run folder")
     evaluate.add_argument("--data-dir", type=Path, metavar="PATH", help="MNIST IDX folder (default: as in training)")
-    evaluate.add_argument("--checkpoint", choices=["last", "best"], default="last", help="which one (default: last)")
+    evaluate.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        help="which one (default: the one metrics.json describes: best with train.patience, else last)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     evaluate.set_defaults(handler=cmd_evaluate)
 

@@ -44,6 +44,11 @@ class DataConfig:
     test_limit: int | None = field(default=None, metadata=_positive("integer"))
     # Check IDX file content against the canonical SHA-256 sums.
     verify: bool = True
+    # Recorded by a run in its config.yaml: the TFDS version it loaded (when dir is null), and a SHA-256 of
+    # the content as loaded (train and test images and labels, in order). With a digest set, other content
+    # is refused, so plot, evaluate and --resume never pair a run with the wrong images.
+    tfds_version: str | None = None
+    digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,8 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = field(default=0, metadata=_non_negative())
+    # Seeds the stateless random ops, which take a 64-bit integer.
+    seed: int = field(default=0, metadata=_rule(lambda v: 0 <= v < 2**63, "must be in [0, 2**63 - 1]"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -128,9 +134,9 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
     return from_dict(tree, where + (" with --set overrides" if overrides else ""))
 
 
-def save_config(config: Config, path: Path) -> None:
-    """Write the resolved config, complete, so it can be passed back as --config."""
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def config_yaml(config: Config) -> str:
+    """The resolved config as YAML, complete, so that it can be passed back as --config."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def read_yaml_mapping(path: Path, kind: str = "config file", holds: str = "config sections") -> dict:

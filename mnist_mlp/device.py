@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import tensorflow as tf
 
@@ -44,3 +46,22 @@ def select_device(config: RuntimeConfig) -> Device:
     # that in a default run, and it breaks bit-identity with the step path; Metal has no XLA at all.
     jit = False if config.jit_compile == "auto" else config.jit_compile
     return Device(name=f"/{kind.upper()}:0", kind=kind, jit_compile=jit)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a run can use: Linux's MemAvailable (within a cgroup's limit), else the physical
+    memory (macOS, whose GPU shares it); None when neither can be read."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    fields = dict(line.split(":", 1) for line in meminfo.splitlines() if ":" in line)
+    available = int(fields.get("MemAvailable", fields.get("MemTotal", "0 kB")).split()[0]) * 1024
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        limit = "max"
+    return min(available, int(limit)) if limit.isdigit() else available

@@ -61,11 +61,14 @@ def restore_model(run: RunDir, which: str = "last") -> tuple[Config, MLP, Checkp
     return config, model, run.restore_checkpoint(model, which)
 
 
-def evaluate_run(run: RunDir, which: str = "last", data_dir: Path | None = None) -> RunEvaluation:
-    """Score the `which` checkpoint of `run` on its test set; `data_dir` replaces the config's data.dir."""
+def evaluate_run(run: RunDir, which: str | None = None, data_dir: Path | None = None) -> RunEvaluation:
+    """Score the `which` checkpoint of `run` on its test set, the data loaded from where the run recorded
+    (`data_dir` replaces it; the content must still match the recorded digest). which None: the one
+    metrics.json describes, the best with early stopping (train.patience), else the last."""
     config = run.read_config()
+    which = which or ("best" if config.train.patience is not None else "last")
     if data_dir is not None:
-        config = config.replace(**{"data.dir": str(data_dir)})
+        config = config.replace(**{"data.dir": str(data_dir), "data.tfds_version": None})
     mnist = load_mnist(config.data)
     trainer = Trainer(config, mnist.train, select_device(config.runtime))
     state = run.restore_checkpoint(trainer.model, which)

@@ -10,6 +10,7 @@ scale it and centre it.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ CENTRE = 14.0  # where the ink's centre of mass goes (row and column)
 MIN_CONTRAST = 0.1  # ink must differ from the background by this much of the full range
 NOISE_FLOOR = 0.1  # after stretching, fainter pixels are background (paper grain, JPEG ringing)
 MIN_EXTENT = 0.1  # ink spanning less than this share of the picture's shorter side is a speck, not a digit
+MAX_PIXELS = 50_000_000  # larger pictures are refused before decoding (a 12-megapixel photo has 12_000_000)
 
 
 class ImageError(UserError):
@@ -76,15 +78,21 @@ def decode_image(data: bytes) -> Image.Image:
     if not data:
         raise ValueError("empty (0 bytes), not an image")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decode now: a truncated or corrupt file fails here, not later
-            return ImageOps.exif_transpose(image)
+        with warnings.catch_warnings():  # Pillow warns of large pictures on the terminal; checked below instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
+            size = image.size
+            if size[0] * size[1] <= MAX_PIXELS:
+                image.load()  # decode now: a truncated or corrupt file fails here, not later
+                return ImageOps.exif_transpose(image)
     except UnidentifiedImageError:
         raise ValueError("not an image: not a format Pillow reads (expected PNG or JPEG)") from None
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"too large to read safely ({exc})") from None
+    except Image.DecompressionBombError:  # beyond twice Pillow's own limit it refuses before we can look
+        raise ValueError(f"too large: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels; scale it down") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # what Pillow raises for damaged files
         raise ValueError(f"damaged or truncated image ({_first_line(exc)})") from None
+    raise ValueError(f"too large: {size[0]}×{size[1]} pixels (at most {MAX_PIXELS:,}); scale it down")
 
 
 def to_grey(image: Image.Image) -> np.ndarray:

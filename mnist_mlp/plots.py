@@ -38,6 +38,7 @@ from mnist_mlp.rundir import RunDir, atomic_write_with
 
 PREDICTION_PLOTS = ("confusion_matrix.png", "misclassified.png")
 DPI = 110
+MIN_ACCURACY_SPAN = 1.0  # percentage points on an accuracy axis, so that its 0.1%-precision labels differ
 # One colour per split, the same in every figure.
 COLOURS = {"train": "tab:blue", "validation": "tab:green", "test": "tab:orange", "batch": "tab:gray"}
 REQUIRED_COLUMNS = (
@@ -49,9 +50,9 @@ REQUIRED_COLUMNS = (
 
 @dataclass(frozen=True)
 class Headline:
-    """The run's figures as the report quotes them, from the last epoch of history.csv."""
+    """The run's figures as the report quotes them: those of the model of epoch `epoch`."""
 
-    epochs: int
+    epoch: int
     test_accuracy: float
     mean_per_digit_error: float
     per_digit_error: np.ndarray  # test error of each digit
@@ -80,14 +81,15 @@ class PlotWriter(Listener):
     def on_finish(self, result: RunResult) -> None:
         predictions = result.final["test"].predictions
         save_predictions(result.run, predictions)
-        write_plots(result.run, result.history, result.mnist.test, predictions, result.config)
+        write_plots(result.run, result.history, result.mnist.test, predictions, result.config, result.metrics)
 
 
 # Entry points.
 
 
-def plot_run(path: Path) -> PlotReport:
-    """Redraw a run folder's plots from its history.csv (and, when they can be had, predictions and test images)."""
+def plot_run(path: Path, data_dir: Path | None = None) -> PlotReport:
+    """Redraw a run folder's plots from its history.csv (and, when they can be had, predictions and test
+    images, loaded from where the run recorded or from `data_dir`)."""
     run = RunDir(path)
     if not run.path.is_dir():
         raise UserError(f"{run.path}: no such run folder")
@@ -97,11 +99,17 @@ def plot_run(path: Path) -> PlotReport:
     config, test, predictions, reason = None, None, None, ""
     try:
         config = run.read_config() if run.config_file.is_file() else None
+        if config is not None and data_dir is not None:
+            config = config.replace(**{"data.dir": str(data_dir), "data.tfds_version": None})
         test, predictions = _reload_predictions(run, config)
     except UserError as exc:
         reason = str(exc)
     try:
-        written = write_plots(run, history, test, predictions, config)
+        metrics = run.read_metrics()
+    except UserError:
+        metrics = {}
+    try:
+        written = write_plots(run, history, test, predictions, config, metrics)
     except OSError as exc:
         raise UserError(f"{run.plots}: cannot write the plots ({exc.strerror or exc})") from None
     return PlotReport(written, () if test is not None else PREDICTION_PLOTS, reason)
@@ -113,10 +121,12 @@ def write_plots(
     test: Split | None = None,
     predictions: np.ndarray | None = None,
     config: Config | None = None,
+    metrics: dict | None = None,
 ) -> list[Path]:
     """Draw the curve plots from `history`, and the prediction plots when `test` and `predictions` are given.
 
-    They go into the run's plots folder; the run folder's name titles every figure.
+    They go into the run's plots folder; the run folder's name titles every figure. `metrics` (the metrics
+    file) gives the summary's headline figures: those of the exported model (the best epoch with early stopping).
     """
     check_history(history, where=str(run.history_file))
     folder, name = run.plots, run.path.resolve().name
@@ -128,7 +138,7 @@ def write_plots(
     if test is not None and predictions is not None:
         drawings["confusion_matrix.png"] = lambda: confusion_figure(test.labels, predictions, name)
         drawings["misclassified.png"] = lambda: misclassified_figure(test, predictions, name)
-    drawings["summary.png"] = lambda: summary_figure(history, config, name)
+    drawings["summary.png"] = lambda: summary_figure(history, config, name, metrics)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, draw in drawings.items():
@@ -171,9 +181,15 @@ def per_digit_errors(history: list[dict], split: str) -> np.ndarray:
     return np.array([[row[digit_error_column(split, d)] for d in DIGITS] for row in history], dtype=float)
 
 
-def headline(history: list[dict]) -> Headline:
+def headline(history: list[dict], metrics: dict | None = None) -> Headline:
+    """The figures of the metrics file when given (the exported model's, averaged over the digits the test
+    set holds), else those of history's last epoch."""
+    if metrics and "per_digit_test_error" in metrics:
+        errors = np.array(metrics["per_digit_test_error"], dtype=float)
+        epoch = metrics.get("model_epoch", len(history))
+        return Headline(epoch, metrics[accuracy_column("test")], metrics["mean_per_digit_test_error"], errors)
     errors = per_digit_errors(history, "test")[-1]
-    return Headline(len(history), float(history[-1][accuracy_column("test")]), float(errors.mean()), errors)
+    return Headline(int(history[-1][EPOCH]), float(history[-1][accuracy_column("test")]), float(errors.mean()), errors)
 
 
 # Figures.
@@ -188,7 +204,7 @@ def new_figure(width: float, height: float) -> Figure:
 def epoch_axis(ax, history: list[dict]) -> None:
     """Whole-number epoch ticks on x, starting at the first epoch."""
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: one tick, not 0.5, 0.6, ...
     epochs = column(history, EPOCH)
     ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
     ax.grid(True, alpha=0.3)
@@ -217,6 +233,10 @@ def draw_accuracy(ax, history: list[dict]) -> None:
         ax.plot(epochs, values, "o-", ms=3, color=COLOURS[split], label=f"{split} (last {values[-1]:.2f}%)")
     ax.set_ylabel("accuracy (% of images)")
     ax.yaxis.set_major_formatter(PercentFormatter(decimals=1))
+    low, high = ax.get_ylim()
+    if high - low < MIN_ACCURACY_SPAN:  # e.g. one epoch: ticks closer than 0.1% would repeat their labels
+        middle = (low + high) / 2
+        ax.set_ylim(middle - MIN_ACCURACY_SPAN / 2, middle + MIN_ACCURACY_SPAN / 2)
     epoch_axis(ax, history)
     ax.legend(loc="lower right")
 
@@ -302,7 +322,7 @@ def misclassified_figure(test: Split, predictions: np.ndarray, name: str, per_di
     return figure
 
 
-def summary_figure(history: list[dict], config: Config | None, name: str) -> Figure:
+def summary_figure(history: list[dict], config: Config | None, name: str, metrics: dict | None = None) -> Figure:
     """One page: loss and accuracy curves, the headline figures, per-digit final errors, learning rate."""
     figure = new_figure(16, 9)
     grid = figure.add_gridspec(2, 3)
@@ -312,8 +332,9 @@ def summary_figure(history: list[dict], config: Config | None, name: str) -> Fig
     draw_accuracy(accuracy_ax, history)
     accuracy_ax.set_title("Accuracy per epoch")
     seconds = float(column(history, SECONDS).sum()) if SECONDS in history[0] else None
-    draw_headline(text_ax, headline(history), config, seconds)
-    draw_digit_bars(figure.add_subplot(grid[1, :2]), history)
+    figures = headline(history, metrics)
+    draw_headline(text_ax, figures, len(history), config, seconds)
+    draw_digit_bars(figure.add_subplot(grid[1, :2]), history, figures.epoch)
     draw_learning_rate(figure.add_subplot(grid[1, 2]), history)
     figure.suptitle(f"Run summary — {name}", fontsize=15)
     return figure
@@ -334,11 +355,13 @@ def draw_learning_rate(ax, history: list[dict]) -> None:
     epoch_axis(ax, history)
 
 
-def draw_digit_bars(ax, history: list[dict]) -> None:
+def draw_digit_bars(ax, history: list[dict], epoch: int) -> None:
+    """Train and test error of each digit after `epoch`."""
     digits = np.array(DIGITS)
     width = 0.4
+    row = next((i for i, r in enumerate(history) if r[EPOCH] == epoch), -1)
     for offset, split in zip((-width / 2, width / 2), DIGIT_ERROR_SPLITS, strict=True):
-        errors = 100 * per_digit_errors(history, split)[-1]
+        errors = 100 * per_digit_errors(history, split)[row]
         bars = ax.bar(digits + offset, errors, width, color=COLOURS[split], label=split)
         if split == "test":
             ax.bar_label(bars, fmt="%.2f", fontsize=8, padding=2)
@@ -346,12 +369,12 @@ def draw_digit_bars(ax, history: list[dict]) -> None:
     ax.set_xlabel("digit")
     ax.set_ylabel("classification error (%)")
     ax.yaxis.set_major_formatter(PercentFormatter(decimals=1))
-    ax.set_title(f"Per-digit classification error after the last epoch ({len(history)})")
+    ax.set_title(f"Per-digit classification error after epoch {epoch}")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
 
 
-def draw_headline(ax, figures: Headline, config: Config | None, seconds: float | None) -> None:
+def draw_headline(ax, figures: Headline, epochs: int, config: Config | None, seconds: float | None) -> None:
     worst = figures.worst_digit
     lines = [
         f"test accuracy         {figures.test_accuracy:.2%}",
@@ -359,7 +382,7 @@ def draw_headline(ax, figures: Headline, config: Config | None, seconds: float |
         f"mean per-digit error  {figures.mean_per_digit_error:.2%}",
         f"worst digit           {worst} ({figures.per_digit_error[worst]:.2%})",
         f"best digit            {int(np.argmin(figures.per_digit_error))} ({figures.per_digit_error.min():.2%})",
-        f"epochs                {figures.epochs}",
+        f"epochs                {epochs}" + (f" (model of epoch {figures.epoch})" if figures.epoch != epochs else ""),
     ]
     if seconds is not None:
         lines.append(f"training time         {seconds:.1f} s")
@@ -373,7 +396,7 @@ def draw_headline(ax, figures: Headline, config: Config | None, seconds: float |
             f"L1 λ        {train.l1:g}" + (" (biases too)" if train.l1_biases else ""),
         ]
     ax.set_axis_off()
-    ax.set_title("Headline figures (test set, last epoch)")
+    ax.set_title(f"Headline figures (test set, epoch {figures.epoch})")
     ax.text(0.02, 0.95, "\n".join(lines), family="monospace", fontsize=13, va="top", transform=ax.transAxes)
 
 

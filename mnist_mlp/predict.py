@@ -47,9 +47,10 @@ def load_model(run: RunDir) -> tuple[MLP, str]:
     """The run's trained MLP: the weights of its SavedModel (the served artefact) if it has one, else of its
     last checkpoint; and which of the two it is."""
     saved = run.saved_model
-    if not saved.exists():
-        _, model, _ = restore_model(run, "last")
-        return model, f"{run.checkpoints} (last checkpoint)"
+    if not saved.exists():  # a run that has not finished: say which checkpoint answers
+        _, model, state = restore_model(run, "last")
+        where = f"epoch {state.epoch}" + (f", step {state.step} (interrupted mid-epoch)" if state.step else "")
+        return model, f"{run.checkpoint_path('last')} (the last checkpoint: {where}; no {saved.name} yet)"
     config = run.read_config()
     model = MLP(config.model, config.seed)
     restore_saved_model(model, saved)

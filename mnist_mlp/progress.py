@@ -95,13 +95,24 @@ class Console(Listener):
         metrics = result.metrics
         errors = metrics["per_digit_test_error"]
         worst = max(range(10), key=lambda d: errors[d])
+        model = metrics.get("model_epoch", metrics["epochs"])
+        best = f", the model of epoch {model} (lowest {monitored_name(metrics)})" if model != metrics["epochs"] else ""
         self.say(
             f"test accuracy {metrics['test_accuracy']:.2%}, test error {metrics['test_error']:.2%}, "
             f"mean per-digit error {metrics['mean_per_digit_test_error']:.2%}, "
-            f"worst digit {worst} ({errors[worst]:.2%}) after {metrics['epochs']} epochs "
+            f"worst digit {worst} ({errors[worst]:.2%}) after {plural(metrics['epochs'], 'epoch')}{best} "
             f"({metrics['seconds_total']:.1f} s training)",
             always=True,
         )
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 epoch`, `2 epochs`."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def monitored_name(metrics: dict) -> str:
+    return "validation loss" if loss_column("validation") in metrics else "training loss"
 
 
 def tensorboard_command() -> str:

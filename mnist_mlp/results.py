@@ -46,13 +46,19 @@ class Evaluation:
         per_digit = self.confusion.sum(axis=1)
         return np.where(per_digit > 0, 1.0 - np.diag(self.confusion) / np.maximum(per_digit, 1), 0.0)
 
+    @property
+    def mean_per_digit_error(self) -> float:
+        """The mean of per_digit_error over the digits the split holds (a sliced test set may lack some)."""
+        present = self.confusion.sum(axis=1) > 0
+        return float(self.per_digit_error[present].mean())
+
 
 def headline_metrics(test: Evaluation) -> dict:
     """The test figures under the metrics file's names (used at the end of training and by `evaluate`)."""
     return {
         accuracy_column("test"): test.accuracy,
         "test_error": 1.0 - test.accuracy,
-        "mean_per_digit_test_error": float(test.per_digit_error.mean()),
+        "mean_per_digit_test_error": test.mean_per_digit_error,
         "per_digit_test_error": [float(e) for e in test.per_digit_error],
         loss_column("test"): test.loss,
     }

@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Mnist, load_mnist
-from mnist_mlp.device import select_device
-from mnist_mlp.errors import UserError
+from mnist_mlp.device import Device, available_memory, select_device
+from mnist_mlp.errors import ConfigError, UserError
 from mnist_mlp.history import (
     BATCH_LOSS,
     DIGIT_ERROR_SPLITS,
@@ -28,13 +28,16 @@ from mnist_mlp.history import (
     digit_error_column,
     loss_column,
 )
+from mnist_mlp.progress import plural
 from mnist_mlp.results import Evaluation, Listener, RunResult, headline_metrics
 from mnist_mlp.rundir import CheckpointState, RunDir
 from mnist_mlp.training import (
     Diverged,
     EpochProgress,
     Trainer,
+    check_batches,
     learning_rate,
+    memory_needed,
     train_epoch,
 )
 
@@ -100,7 +103,7 @@ def is_best(history: list[dict]) -> bool:
 
 def converged(history: list[dict], config: TrainConfig) -> bool:
     """No improvement of the monitored loss by more than min_delta for `patience` epochs."""
-    if config.patience is None:
+    if config.patience is None or not history:
         return False
     losses = [monitored_loss(row) for row in history]
     best, since = losses[0], 0
@@ -124,21 +127,65 @@ def epoch_row(epoch: int, lr: float, progress: EpochProgress, evaluations: dict[
     return row
 
 
-def summary_metrics(history: list[dict], final: dict[str, Evaluation], status: str, extra: dict) -> dict:
-    """The metrics file: the final epoch's figures, per-digit test errors and totals."""
+def summary_metrics(
+    history: list[dict], final: dict[str, Evaluation], status: str, model_epoch: int, extra: dict
+) -> dict:
+    """The metrics file: the figures of the exported model (from epoch `model_epoch`), per-digit test errors, totals."""
     metrics = {"status": status, **headline_metrics(final["test"])}
     for split in ("train", "validation"):
         if split in final:
             metrics[accuracy_column(split)] = final[split].accuracy
             metrics[loss_column(split)] = final[split].loss
-    best = min(history, key=monitored_loss)
     metrics |= {
         "epochs": len(history),
-        "best_epoch": best[EPOCH],
+        "best_epoch": best_epoch(history),
+        "model_epoch": model_epoch,
         "seconds_total": sum(row[SECONDS] for row in history),
         **extra,
     }
     return metrics
+
+
+def best_epoch(history: list[dict]) -> int:
+    """The first epoch with the lowest monitored loss."""
+    return min(history, key=monitored_loss)[EPOCH]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run needs, every check passed, before its folder is made or anything is touched."""
+
+    config: Config  # with the data source recorded (data.dir or data.tfds_version, data.digest)
+    mnist: Mnist
+    device: Device
+
+
+def plan_run(config: Config, mnist: Mnist | None = None) -> RunPlan:
+    """Load the data and check the device, the batch count and the memory the model's tensors need.
+
+    Each failure is a UserError (one line, exit 2). `mnist` given: that data (loaded already, or made
+    in memory by tests).
+    """
+    mnist = mnist or load_mnist(config.data)
+    if mnist.origin is not None:
+        config = config.replace(**mnist.origin.recorded())
+    device = select_device(config.runtime)
+    check_batches(config.train, len(mnist.train))
+    check_memory(config, mnist)
+    return RunPlan(config, mnist, device)
+
+
+def check_memory(config: Config, mnist: Mnist) -> None:
+    """Refuse a model whose tensors cannot fit in the memory there is (estimated from the layer sizes)."""
+    splits = [s for s in (mnist.train, mnist.validation, mnist.test) if s is not None]
+    needed = memory_needed(config, sum(len(s) for s in splits))
+    available = available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"model.hidden={config.model.hidden} with train.batch_size={config.train.batch_size} needs about "
+            f"{needed / 1e9:,.1f} GB for the model's tensors, more than the {available / 1e9:,.1f} GB of memory "
+            "available; choose smaller layers"
+        )
 
 
 def train_and_evaluate(
@@ -148,12 +195,22 @@ def train_and_evaluate(
     resume: bool = False,
     mnist: Mnist | None = None,
 ) -> RunResult:
-    """Train per `config`, writing the run's files into `run`; listeners see progress and the result.
+    """plan_run, then train: what sweeps and tests call (the command line checks before making a folder)."""
+    return train(plan_run(config, mnist), run, listeners, resume)
 
-    Raises Diverged (history and metrics written, status "diverged") or Interrupted (checkpointed).
+
+def train(plan: RunPlan, run: RunDir, listeners: list[Listener] = (), resume: bool = False) -> RunResult:
+    """Train per `plan`, writing the run's files into `run`; listeners see progress and the result.
+
+    resume: continue from the last checkpoint, up to the plan's train.epochs (which may exceed the
+    run's own: a finished run is continued). A run built beside the one it replaces takes its place
+    when its first epoch is done. With train.patience the exported model and metrics.json come from the
+    best epoch. Raises Diverged (history and metrics written, status "diverged") or Interrupted
+    (checkpointed).
     """
-    device = select_device(config.runtime)
-    mnist = mnist or load_mnist(config.data)
+    config, mnist, device = plan.config, plan.mnist, plan.device
+    if resume:
+        run.remove_leftovers()
     trainer = Trainer(config, mnist.train, device)
     splits = {"train": (trainer.images, trainer.labels)}
     if mnist.validation is not None:
@@ -166,7 +223,7 @@ def train_and_evaluate(
         "device": device.describe(),
         "data": mnist.source,
         "train_images": len(mnist.train),
-        "out": str(run.path),
+        "out": str(run.target),
         "resumed_from": (progress.epoch, progress.step) if resume else None,
     }
     for listener in listeners:
@@ -177,14 +234,16 @@ def train_and_evaluate(
             listener.on_call(state.epoch, state.step, steps_per_epoch, state.loss_sum / state.step, state.seconds)
 
     extra = {"device": device.describe(), "tensorflow": tf.__version__, "data": mnist.source}
-    status, final = "finished", None  # final: the last finished epoch's evaluations
+    if mnist.origin is not None:
+        extra["data_digest"] = mnist.origin.digest
+    final = None  # the last finished epoch's evaluations
     with stop_on_signals() as stop:
-        while progress.epoch <= config.train.epochs:
+        while progress.epoch <= config.train.epochs and not converged(history, config.train):
             try:
                 train_epoch(trainer, progress, on_call, should_stop=stop)
             except Diverged:  # metrics of the last finished epoch, not of the diverged weights
                 if final:
-                    run.write_metrics(summary_metrics(history, final, "diverged", extra))
+                    run.write_metrics(summary_metrics(history, final, "diverged", len(history), extra))
                 else:
                     run.write_metrics({"status": "diverged", "epochs": len(history), **extra})
                 raise
@@ -198,20 +257,25 @@ def train_and_evaluate(
             history.append(epoch_row(progress.epoch, lr, progress, final))
             run.write_history(history)
             run.save_checkpoint(trainer.model, CheckpointState(progress.epoch, 0, 0.0, 0.0), best=is_best(history))
+            run.commit()  # a replacement run takes the old one's place now that it has an epoch
             for listener in listeners:
                 listener.on_epoch(history[-1])
-            if converged(history, config.train):
-                status = "converged"
-                break
             if stop() and progress.epoch < config.train.epochs:  # after the last epoch: just finish
                 raise Interrupted.at(stop.signum, run, EpochProgress(progress.epoch + 1))
             progress = EpochProgress(progress.epoch + 1)
 
-    metrics = summary_metrics(history, final, status, extra)
-    run.write_metrics(metrics)
+    status = "converged" if converged(history, config.train) else "finished"
+    model_epoch = history[-1][EPOCH]
+    if config.train.patience is not None and best_epoch(history) != model_epoch:  # early stopping: the best
+        model_epoch = best_epoch(history)
+        run.restore_checkpoint(trainer.model, "best")
+        final = None
+    final = final or _evaluate(trainer, splits)  # also after a kill that came between the last epoch and here
+    metrics = summary_metrics(history, final, status, model_epoch, extra)
     result = RunResult(run, config, metrics, history, final, mnist, trainer.model)
     for listener in listeners:
         listener.on_finish(result)
+    run.write_metrics(metrics)  # last: a run with metrics.json has its SavedModel, predictions and plots
     return result
 
 
@@ -220,17 +284,44 @@ def _evaluate(trainer: Trainer, splits: dict) -> dict[str, Evaluation]:
 
 
 def _starting_point(run: RunDir, trainer: Trainer, config: Config, resume: bool) -> tuple[list, EpochProgress]:
-    """Fresh: write config.yaml, start at epoch 1. Resume: restore the last checkpoint and its history."""
+    """Fresh: write config.yaml, start at epoch 1. Resume: restore the last checkpoint and its history,
+    check that there is something left to do, and record a changed config (train.epochs, data.dir)."""
     if not resume:
         run.write_config(config)
         return [], EpochProgress(epoch=1)
-    state = run.restore_checkpoint(trainer.model)
-    finished = state.epoch - 1 if state.step else state.epoch
-    history = [row for row in run.read_history() if row[EPOCH] <= finished]
-    if len(history) != finished:
-        raise UserError(f"{run.history_file}: has {len(history)} epochs, the checkpoint {finished}")
+    state = run.restore_checkpoint(trainer.model) if run.has_checkpoint() else None
+    finished = 0 if state is None else state.epoch - 1 if state.step else state.epoch
+    rows = run.read_history()
+    # history.csv is written just before its epoch's checkpoint: a kill between the two leaves one row more.
+    if len(rows) > finished + 1 or [row[EPOCH] for row in rows[:finished]] != list(range(1, finished + 1)):
+        named = f"names epoch {finished}" if state else "is missing"
+        raise UserError(f"{run.checkpoints / 'state.json'} {named}, but {run.history_file} has {len(rows)} epochs")
+    history = rows[:finished]
+    if state is None:  # stopped before its first checkpoint: start again
+        _record_config(run, config)
+        return [], EpochProgress(epoch=1)
+    metrics = run.read_metrics()
+    done = metrics.get("epochs") == finished  # metrics.json describes this very checkpoint
+    if done and metrics.get("status") == "diverged":
+        raise UserError(f"{run.path}: the run diverged; nothing to resume (train anew with a lower learning rate)")
+    if done and metrics.get("status") == "converged":
+        raise UserError(
+            f"{run.path}: the run converged (train.patience) after {plural(finished, 'epoch')}; nothing to resume"
+        )
+    if config.train.epochs < finished:
+        raise UserError(f"train.epochs={config.train.epochs}: the run has already trained {plural(finished, 'epoch')}")
+    if done and config.train.epochs == finished:
+        raise UserError(
+            f"{run.path}: the run has already finished ({plural(finished, 'epoch')}); to continue it, "
+            f"add --set train.epochs=N with N > {finished}"
+        )
+    _record_config(run, config)
     if state.step:
         return history, EpochProgress(state.epoch, state.step, state.loss_sum, state.seconds)
-    if state.epoch >= config.train.epochs or run.metrics_file.is_file():
-        raise UserError(f"{run.path}: the run has already finished ({state.epoch} epochs); nothing to resume")
     return history, EpochProgress(state.epoch + 1)
+
+
+def _record_config(run: RunDir, config: Config) -> None:
+    """Rewrite config.yaml when a resumed run changes it (more epochs, or the data found elsewhere)."""
+    if run.read_config() != config:
+        run.write_config(config)

@@ -1,14 +1,19 @@
 """A run's folder: `RunDir` owns its layout (every name in it is spelled here) and writes its files atomically.
 
 Every file is written to a temporary name and renamed into place, so a crash or kill never leaves a
-half-written file; an existing run is never overwritten unless asked. TensorFlow is imported only by the
+half-written file. A folder belongs to one run: it is made with an exclusive mkdir (a default name that is
+taken gets -2, -3, ...), and an existing empty folder is claimed by creating its config.yaml exclusively.
+An existing run is never overwritten unless asked, and then the new run is built in a hidden sibling
+folder that replaces the old one only when its first epoch is done. TensorFlow is imported only by the
 checkpoint code, so that opening a run and checking its files costs no TensorFlow start-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 import shutil
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from mnist_mlp.config import Config, from_dict, save_config
+from mnist_mlp.config import Config, config_yaml, from_dict
 from mnist_mlp.errors import UserError
 from mnist_mlp.history import EPOCH
 
@@ -37,11 +42,19 @@ PLOTS = "plots"  # the report's plots (plots.py)
 TENSORBOARD = "tb"  # TensorBoard logs (tensorboard.py)
 SAVED_MODEL = "saved_model"  # the served model (export.py)
 PREDICTIONS_FILE = "test_predictions.npy"  # the predicted digit of each test image, to redraw the plots
+# A killed process may leave these hidden folders in a run: checkpoints being written or replaced, and a
+# SavedModel being written or replaced.
+LEFTOVER_FOLDERS = (".tmp-", ".epoch-", f".{SAVED_MODEL}-")
+STAGING = ".overwrite-"  # a replacement run is built in .<name>.overwrite-<pid>-<random> beside <name>
 
 
-def atomic_write_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], exclusive: bool = False) -> None:
     """Write `path` through a temporary file in the same folder and an atomic rename: a crash or kill
-    leaves the old file or the new one, never half of one. `write` fills the open binary file."""
+    leaves the old file or the new one, never half of one. `write` fills the open binary file.
+
+    exclusive: create `path` only if it does not exist (a hard link, which fails when the name is taken);
+    FileExistsError otherwise. The first of several processes wins, and its file is complete at once.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
@@ -49,15 +62,39 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a run's files are ordinary files
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str, exclusive: bool = False) -> None:
     """atomic_write_with for text (UTF-8)."""
-    atomic_write_with(path, lambda file: file.write(text.encode()))
+    atomic_write_with(path, lambda file: file.write(text.encode()), exclusive)
+
+
+def check_out_path(path: Path, overwrite: bool = False) -> None:
+    """Fail now, in one line, when no run folder can be made at `path` (under a file, read-only, /proc).
+
+    Tries what creating it will do: makes and removes an empty folder in the nearest existing ancestor
+    (with --overwrite, beside `path` too, where the replacement is built). Leaves nothing behind.
+    """
+    path = Path(path).absolute()
+    ancestor = path
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{path}: cannot make a run folder here: {ancestor} is a file, not a folder")
+    places = {ancestor} | ({path.parent} if overwrite and path.exists() else set())
+    for place in places:
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=place, prefix=".mnist-mlp-probe-"))
+        except OSError as exc:
+            raise UserError(f"{path}: cannot make a run folder in {place} ({exc.strerror or exc})") from None
 
 
 def replace_dir(staging: Path, target: Path) -> None:
@@ -70,6 +107,28 @@ def replace_dir(staging: Path, target: Path) -> None:
     os.replace(target, retired / target.name)
     os.replace(staging, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def remove_abandoned_staging(target: Path) -> None:
+    """Remove replacements of `target` left by processes that were killed (their pid no longer runs)."""
+    for staging in target.parent.glob(f".{target.name}{STAGING}*"):
+        pid = staging.name[len(f".{target.name}{STAGING}") :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _umask() -> int:
@@ -89,18 +148,25 @@ class CheckpointState:
 
 
 class RunDir:
-    """Paths and atomic writers for one run's outputs."""
+    """Paths and atomic writers for one run's outputs.
 
-    def __init__(self, path: Path):
+    Every path follows `path`, which changes once for a run built beside the one it replaces (`commit`).
+    """
+
+    def __init__(self, path: Path, replaces: Path | None = None, made: bool = False):
         self.path = Path(path)
-        self.config_file = self.path / CONFIG_FILE
-        self.history_file = self.path / HISTORY_FILE
-        self.metrics_file = self.path / METRICS_FILE
-        self.checkpoints = self.path / CHECKPOINTS
-        self.plots = self.path / PLOTS
-        self.tensorboard = self.path / TENSORBOARD
-        self.saved_model = self.path / SAVED_MODEL
-        self.test_predictions_file = self.path / PREDICTIONS_FILE
+        self.replaces = replaces  # the existing run this one replaces when its first epoch is done
+        self.made = made  # this process made the folder (so it may remove it again)
+
+    # Properties, not attributes: a run built beside the one it replaces moves once (`commit`).
+    config_file = property(lambda self: self.path / CONFIG_FILE)
+    history_file = property(lambda self: self.path / HISTORY_FILE)
+    metrics_file = property(lambda self: self.path / METRICS_FILE)
+    checkpoints = property(lambda self: self.path / CHECKPOINTS)
+    plots = property(lambda self: self.path / PLOTS)
+    tensorboard = property(lambda self: self.path / TENSORBOARD)
+    saved_model = property(lambda self: self.path / SAVED_MODEL)
+    test_predictions_file = property(lambda self: self.path / PREDICTIONS_FILE)
 
     @property
     def run_files(self) -> tuple[Path, ...]:
@@ -108,30 +174,97 @@ class RunDir:
         return self.config_file, self.history_file, self.metrics_file
 
     @property
-    def outputs(self) -> tuple[Path, ...]:
-        """Everything a run writes into its folder: what --overwrite removes."""
-        folders = (self.checkpoints, self.plots, self.tensorboard, self.saved_model)
-        return *self.run_files, *folders, self.test_predictions_file
+    def target(self) -> Path:
+        """Where the run will be once committed (its path, unless it is being built beside an old run)."""
+        return self.replaces or self.path
 
     @classmethod
-    def create(cls, path: Path | None, name: str, overwrite: bool = False) -> RunDir:
-        """A new run folder: `path`, or runs/<time>-<name>; refuses to overwrite a run unless asked."""
+    def create(cls, path: Path | None, name: str, overwrite: bool = False, config: Config | None = None) -> RunDir:
+        """A new run folder that belongs to this run alone: `path`, or runs/<time>-<name>[-2, -3, ...].
+
+        An existing run at `path` is refused, or with `overwrite` left in place while the new run is built
+        beside it (see `commit`). `config` is written as config.yaml, exclusively: of several processes
+        claiming one existing empty folder, one wins and the others are refused.
+        """
         if path is None:
-            path = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
-        run = cls(path)
-        if run.path.exists() and not run.path.is_dir():
-            raise UserError(f"{run.path}: exists and is not a folder")
-        existing = [f.name for f in run.run_files if f.exists()]
+            run = cls._made_fresh(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
+        else:
+            run = cls._at(Path(path), overwrite)
+        if config is not None:
+            try:
+                atomic_write(run.config_file, config_yaml(config), exclusive=True)
+            except FileExistsError:
+                raise UserError(f"{run.path}: another run has just started here; choose another --out") from None
+        return run
+
+    @classmethod
+    def _made_fresh(cls, stem: Path) -> RunDir:
+        """mkdir without exist_ok: the first process to make a name owns it; the next ones take -2, -3, ..."""
+        try:
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            for number in itertools.count(1):
+                path = stem if number == 1 else stem.with_name(f"{stem.name}-{number}")
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path)
+                    return cls(path, made=True)
+        except OSError as exc:
+            raise UserError(f"{stem.parent}: cannot make a run folder ({exc.strerror or exc})") from None
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _at(cls, path: Path, overwrite: bool) -> RunDir:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path}: exists and is not a folder")
+        existing = [f.name for f in cls(path).run_files if f.exists()]
         if existing and not overwrite:
             raise UserError(
-                f"{run.path}: already holds a run ({', '.join(existing)}); "
+                f"{path}: already holds a run ({', '.join(existing)}); "
                 "pass --resume to continue it, --overwrite to replace it, or another --out"
             )
-        if existing:
-            for target in run.outputs:
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        run.path.mkdir(parents=True, exist_ok=True)
-        return run
+        try:
+            if existing:  # --overwrite: the old run stays as it is until the new one has finished an epoch
+                remove_abandoned_staging(path)
+                staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{STAGING}{os.getpid()}-"))
+                os.chmod(staging, 0o777 & ~_umask())
+                return cls(staging, replaces=path, made=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(path)
+            return cls(path, made=True)
+        except FileExistsError:  # an empty folder (or one without a run): claimed by its config.yaml
+            return cls(path)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot make the run folder ({exc.strerror or exc})") from None
+
+    def remove_leftovers(self) -> None:
+        """Remove what a killed process of this run left half-made: the atomic writers' temporary files
+        (.NAME.XXXX.tmp) and staged or retired folders (.tmp-*, .epoch-*-old-*, .saved_model-*). Their names
+        are hidden; the run's own files never are."""
+        for folder in (self.path, self.checkpoints, self.plots):
+            for entry in folder.glob(".*") if folder.is_dir() else ():
+                if entry.is_file() and entry.name.endswith(".tmp"):
+                    entry.unlink(missing_ok=True)
+                elif entry.is_dir() and entry.name.startswith(LEFTOVER_FOLDERS):
+                    shutil.rmtree(entry, ignore_errors=True)
+
+    def commit(self) -> None:
+        """A run built beside the one it replaces takes its place (after its first epoch); else nothing."""
+        if self.replaces is not None:
+            replace_dir(self.path, self.replaces)
+            self.path, self.replaces = self.replaces, None
+
+    def abandon(self) -> None:
+        """Undo the creation of a run that failed before recording anything: remove a replacement still
+        being built (the old run stays as it was), or a new run's folder (or config.yaml) if it holds no
+        history, checkpoint or metrics."""
+        if self.replaces is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        if any(p.exists() for p in (self.history_file, self.metrics_file, self.checkpoints / "state.json")):
+            return
+        if self.made:
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            self.config_file.unlink(missing_ok=True)
 
     @classmethod
     def open(cls, path: Path) -> RunDir:
@@ -153,7 +286,7 @@ class RunDir:
         return from_dict(tree, where=str(self.config_file))
 
     def write_config(self, config: Config) -> None:
-        save_config(config, self.config_file)
+        atomic_write(self.config_file, config_yaml(config))
 
     def write_history(self, rows: list[dict]) -> None:
         if not rows:
@@ -178,8 +311,16 @@ class RunDir:
         atomic_write(self.metrics_file, json.dumps(metrics, indent=2) + "\n")
 
     def read_metrics(self) -> dict:
-        """metrics.json as written (raises OSError when absent, ValueError when malformed)."""
-        return json.loads(self.metrics_file.read_text())
+        """metrics.json ({} when the run has not finished); written last, so present means complete."""
+        if not self.metrics_file.is_file():
+            return {}
+        try:
+            metrics = json.loads(self.metrics_file.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{self.metrics_file}: damaged (not JSON)") from None
+        if not isinstance(metrics, dict):
+            raise UserError(f"{self.metrics_file}: damaged (expected a JSON object)")
+        return metrics
 
     # Checkpoints: complete folders renamed into place, and state.json (atomic) naming the last and best.
 
@@ -200,19 +341,37 @@ class RunDir:
             if old.is_dir() and old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def has_checkpoint(self) -> bool:
+        """Whether a checkpoint was ever completed (state.json is written after the first one)."""
+        return (self.checkpoints / "state.json").is_file()
+
+    def checkpoint_path(self, which: str = "last") -> Path:
+        """The folder of the `last` or `best` checkpoint; UserError naming what is missing or damaged."""
+        if not self.checkpoints.is_dir():
+            raise UserError(f"{self.checkpoints}: missing (the run's checkpoint folder)")
+        name = self._pointers(missing_ok=False).get(which)
+        if name is None:
+            raise UserError(f"{self.checkpoints / 'state.json'}: names no {which} checkpoint")
+        folder = self.checkpoints / name
+        if not folder.is_dir():
+            raise UserError(f"{folder}: missing (state.json names it as the {which} checkpoint)")
+        for needed in ("ckpt.index", "ckpt.data-00000-of-00001"):
+            if not (folder / needed).is_file():
+                raise UserError(f"{folder / needed}: missing (the {which} checkpoint is incomplete)")
+        return folder
+
     def restore_checkpoint(self, model: MLP, which: str = "last") -> CheckpointState:
         """Load the weights of the `last` or `best` checkpoint into `model`; returns its position."""
-        name = self._pointers().get(which)
-        if name is None:
-            raise UserError(f"{self.checkpoints}: no {which} checkpoint to restore")
+        folder = self.checkpoint_path(which)
         import tensorflow as tf
 
         checkpoint, position = _checkpoint(model, CheckpointState(0, 0, 0.0, 0.0))
         try:
-            checkpoint.read(str(self.checkpoints / name / "ckpt")).assert_existing_objects_matched()
-        except (ValueError, tf.errors.OpError, AssertionError) as exc:
-            reason = str(exc).splitlines()[0][:200]
-            raise UserError(f"{self.checkpoints / name}: does not fit this model ({reason})") from None
+            checkpoint.read(str(folder / "ckpt")).assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as exc:  # other shapes or names
+            raise UserError(f"{folder}: does not fit this model ({_first_line(exc)})") from None
+        except (tf.errors.OpError, IndexError) as exc:  # truncated or corrupt files (IndexError: short reads)
+            raise UserError(f"{folder}: damaged checkpoint files ({_first_line(exc)})") from None
         return CheckpointState(
             int(position["epoch"].numpy()),
             int(position["step"].numpy()),
@@ -220,14 +379,20 @@ class RunDir:
             float(position["seconds"].numpy()),
         )
 
-    def _pointers(self) -> dict:
+    def _pointers(self, missing_ok: bool = True) -> dict[str, str]:
+        """state.json: {"last": name, "best": name} of checkpoint folders; UserError when damaged."""
         path = self.checkpoints / "state.json"
         if not path.is_file():
-            return {}
+            if missing_ok:
+                return {}
+            raise UserError(f"{path}: missing (it names the run's checkpoints)")
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"{path}: malformed checkpoint state") from None
+            pointers = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{path}: damaged (not JSON)") from None
+        if not (isinstance(pointers, dict) and all(isinstance(v, str) and "/" not in v for v in pointers.values())):
+            raise UserError(f'{path}: damaged (expected {{"last": "epoch-NNNN", "best": ...}})')
+        return pointers
 
 
 def _checkpoint(model: MLP, state: CheckpointState) -> tuple[tf.train.Checkpoint, dict]:

@@ -98,7 +98,7 @@ def finished_status(run_dir: Path) -> str | None:
     """The status of a finished trial folder; None when it has not finished (never run, or interrupted)."""
     try:
         status = RunDir(run_dir).read_metrics().get("status")
-    except (OSError, ValueError, AttributeError):
+    except UserError:  # damaged: run it again
         return None
     return status if status in DONE else None
 
@@ -111,11 +111,15 @@ def cached_mnist(data: DataConfig) -> Mnist:
 
 def run_trial(run_dir: Path, config: Config, load: Callable[[DataConfig], Mnist] | None = None) -> str:
     """Train one trial from scratch in `run_dir` (a partial run there is replaced); returns its status."""
-    run = RunDir.create(run_dir, run_dir.name, overwrite=True)
+    run = RunDir.create(run_dir, run_dir.name, overwrite=True, config=config)
     try:
         result = train_and_evaluate(config, run, [], mnist=(load or cached_mnist)(config.data))
     except Diverged:  # history and metrics are written with status "diverged"; the sweep goes on
+        run.commit()  # a trial that diverged in its first epoch replaces a partial one too: it is a result
         return "diverged"
+    except BaseException:
+        run.abandon()  # a replacement that did not get through an epoch; the partial trial stays as it was
+        raise
     return result.metrics["status"]
 
 

@@ -17,6 +17,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from mnist_mlp.history import EPOCH, accuracy_column, loss_column
 from mnist_mlp.plots import new_figure, save_figure
+from mnist_mlp.progress import plural
 from mnist_mlp.rundir import RunDir, atomic_write
 from mnist_mlp.sweep_file import Sweep, Trial
 
@@ -103,7 +104,8 @@ def write_best_config(path: Path, trial: Trial, row: dict, sweep: Sweep) -> None
         f"# Chosen by `mnist-mlp sweep {sweep.path}`: trial {trial.id}, the best of {len(sweep.trials)} on\n"
         f"# validation accuracy ({row[VAL_ACCURACY]:.2%}, loss {row[VAL_LOSS]:.4f}, on the last "
         f"{trial.config.data.validation_size} training images)\n"
-        f"# after {row['epochs']} epochs. Its test accuracy, {row[TEST_ACCURACY]:.2%}, was recorded, not used.\n"
+        f"# after {plural(row['epochs'], 'epoch')}. "
+        f"Its test accuracy, {row[TEST_ACCURACY]:.2%}, was recorded, not used.\n"
     )
     atomic_write(path, header + yaml.safe_dump(trial.config.to_dict(), sort_keys=False))
 
@@ -249,10 +251,10 @@ def _describe(row: dict, keys: list[str]) -> str:
 
 def _figures(row: dict) -> str:
     if not usable(row):
-        return f"diverged after {row['epochs'] or 0} epoch(s)"
+        return f"diverged after {plural(row['epochs'] or 0, 'epoch')}"
     return (
         f"val {row[VAL_ACCURACY]:.2%} (loss {row[VAL_LOSS]:.4f})  "
-        f"test {row[TEST_ACCURACY]:.2%}  {row['epochs']} epochs, {row['status']}"
+        f"test {row[TEST_ACCURACY]:.2%}  {plural(row['epochs'], 'epoch')}, {row['status']}"
     )
 
 
@@ -267,5 +269,5 @@ def progress_line(count: int, total: int, row: dict, best: dict, keys: list[str]
 def closing_line(best: dict, out: Path) -> str:
     return (
         f"best: {best['trial']} ({best[VAL_ACCURACY]:.2%} validation, {best[TEST_ACCURACY]:.2%} test, "
-        f"{best['epochs']} epochs); config: {out / 'best.yaml'}, table: {out / 'summary.md'}"
+        f"{plural(best['epochs'], 'epoch')}); config: {out / 'best.yaml'}, table: {out / 'summary.md'}"
     )

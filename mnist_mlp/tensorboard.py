@@ -8,7 +8,7 @@ The learning rate, the mean mini-batch loss and the epoch's training time go to 
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
@@ -24,6 +24,9 @@ from mnist_mlp.history import (
     splits_in,
 )
 from mnist_mlp.results import Listener, RunResult
+
+if TYPE_CHECKING:
+    from mnist_mlp.rundir import RunDir
 
 
 def epoch_scalars(row: dict) -> dict[str, dict[str, float]]:
@@ -47,8 +50,8 @@ def epoch_scalars(row: dict) -> dict[str, dict[str, float]]:
 class TensorBoardWriter(Listener):
     """Writes each epoch's scalars (step = epoch) and flushes, so a live TensorBoard follows the run."""
 
-    def __init__(self, logdir: Path):
-        self.logdir = Path(logdir)
+    def __init__(self, run: RunDir):
+        self.run = run  # its tb/ is looked up when the first epoch is written: a replacement run moves once
         self.writers: dict[str, tf.summary.SummaryWriter] = {}
 
     def on_epoch(self, row: dict) -> None:
@@ -66,5 +69,5 @@ class TensorBoardWriter(Listener):
 
     def _writer(self, split: str) -> tf.summary.SummaryWriter:
         if split not in self.writers:
-            self.writers[split] = tf.summary.create_file_writer(str(self.logdir / split))
+            self.writers[split] = tf.summary.create_file_writer(str(self.run.tensorboard / split))
         return self.writers[split]

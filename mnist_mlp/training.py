@@ -9,6 +9,7 @@ stateless function of (seed, epoch), so a run is reproducible and resumable to t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -19,11 +20,11 @@ import tensorflow as tf
 
 from mnist_mlp import native_stderr_silenced
 from mnist_mlp.config import Config, TrainConfig
-from mnist_mlp.data import Split
+from mnist_mlp.data import N_CLASSES, Split
 from mnist_mlp.device import Device
 from mnist_mlp.errors import ConfigError
 from mnist_mlp.gradients import loss_gradients
-from mnist_mlp.model import MLP, cross_entropy, forward, one_hot_columns, to_columns
+from mnist_mlp.model import MLP, N_PIXELS, cross_entropy, forward, one_hot_columns, to_columns
 from mnist_mlp.optimizers import make_optimizer
 from mnist_mlp.results import Evaluation, confusion_matrix
 
@@ -49,6 +50,25 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return config.learning_rate * config.lr_decay ** ((epoch - 1) // config.lr_decay_epochs)
 
 
+def check_batches(config: TrainConfig, train_images: int) -> None:
+    """An epoch needs at least one full batch."""
+    if train_images < config.batch_size:
+        raise ConfigError(
+            f"{train_images} training images (after data.train_limit and data.validation_size) are fewer "
+            f"than one batch of train.batch_size={config.batch_size}"
+        )
+
+
+def memory_needed(config: Config, images: int) -> int:
+    """Bytes of the tensors a run holds at once, estimated from the layer sizes: the images on the device
+    (uint8), the weights with their gradients and update temporaries (3 copies, float32), and the
+    activations of the larger of a batch and an evaluation chunk with their gradients (3 copies)."""
+    sizes = [N_PIXELS, *config.model.hidden, N_CLASSES]
+    parameters = sum(n_in * n_out + n_out for n_in, n_out in itertools.pairwise(sizes))
+    activations = max(config.train.batch_size, EVAL_CHUNK) * sum(sizes)
+    return images * N_PIXELS + 4 * 3 * (parameters + activations)
+
+
 class Trainer:
     """Holds the model and its optimizer, the training data on the device and the compiled training and
     evaluation calls."""
@@ -56,12 +76,8 @@ class Trainer:
     def __init__(self, config: Config, train: Split, device: Device):
         self.config, self.device = config, device
         self.batch_size = config.train.batch_size
+        check_batches(config.train, len(train))
         self.steps_per_epoch = len(train) // self.batch_size  # the remainder waits for another shuffle
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"{len(train)} training images (after data.train_limit and data.validation_size) are fewer "
-                f"than one batch of train.batch_size={self.batch_size}"
-            )
         with tf.device(device.name):
             self.model = MLP(config.model, config.seed)
             self.optimizer = make_optimizer(config.train, self.params)  # its slots, if any, on the device too

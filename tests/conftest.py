@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -86,3 +87,19 @@ def trained_run(mnist_dir: Path, tmp_path_factory) -> Path:
     assert status == 0
     assert (RunDir(out).saved_model / "saved_model.pb").is_file()  # every finished run is exported
     return out
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under `folder`: to show a command changed nothing."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def child_env(data_dir: Path | None = None) -> dict[str, str]:
+    """An explicit environment for a CLI child process: this checkout first on the path, the data folder,
+    and nothing else of the user's shell (TF_CPP_MIN_LOG_LEVEL and the like)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}  # fmt: skip
+    if data_dir is not None:
+        env[DATA_DIR_ENV] = str(data_dir)
+    return env

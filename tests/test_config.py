@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mnist_mlp.cli import main
-from mnist_mlp.config import Config, load_config, save_config
+from mnist_mlp.config import Config, config_yaml, load_config
 from mnist_mlp.errors import ConfigError
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -51,7 +51,7 @@ def test_integer_is_accepted_for_a_float():
 
 def test_saved_config_loads_back_equal(tmp_path):
     config = load_config(None, ["train.epochs=7", "data.validation_size=5000"])
-    save_config(config, tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text(config_yaml(config))
     assert load_config(tmp_path / "c.yaml") == config
 
 
@@ -59,6 +59,8 @@ def test_saved_config_loads_back_equal(tmp_path):
     "text, message",
     [
         ("train:\n  lr: 0.1\n", "unknown key train.lr"),
+        ("seed: 99999999999999999999\n", "seed must be in [0, 2**63 - 1], got 99999999999999999999"),
+        ("seed: -1\n", "seed must be in [0, 2**63 - 1], got -1"),
         ("speed: 3\n", "unknown key speed"),
         ("train:\n  epochs: three\n", "train.epochs must be an integer, got 'three'"),
         ("train:\n  epochs: 2.5\n", "train.epochs must be an integer, got 2.5"),

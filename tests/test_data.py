@@ -167,3 +167,38 @@ def test_tensorflow_datasets_imports_with_the_pinned_metadata():
     import tensorflow_datasets as tfds
 
     assert tfds.builder("mnist").info.features["image"].shape == (28, 28, 1)
+
+
+def test_the_origin_of_the_data_is_recorded_completely(mnist_dir, mnist_splits):
+    mnist = load_mnist(DataConfig(dir=str(mnist_dir), train_limit=10))
+    folder = str(Path(mnist_dir).absolute())
+    assert mnist.origin.folder == folder and mnist.origin.tfds_version is None
+    assert mnist.origin.digest == data.content_digest(*mnist_splits) and len(mnist.origin.digest) == 64
+    assert mnist.source == f"IDX files in {folder}"
+    assert mnist.origin.recorded() == {
+        "data.dir": folder,
+        "data.tfds_version": None,
+        "data.digest": mnist.origin.digest,
+    }
+
+
+def test_data_that_differs_from_the_recorded_digest_is_refused(mnist_dir, mnist_splits):
+    digest = data.content_digest(*mnist_splits)
+    assert load_mnist(DataConfig(dir=str(mnist_dir), digest=digest)).origin.digest == digest
+    with pytest.raises(DataError, match=r"not the data the run was trained on \(content SHA-256 [0-9a-f]{12}\.\.\., "):
+        load_mnist(DataConfig(dir=str(mnist_dir), digest="0" * 64))
+    train, test = mnist_splits
+    reordered = Split(train.images[::-1], train.labels[::-1])  # as another copy (TFDS's) orders the images
+    assert data.content_digest(reordered, test) != digest
+
+
+def test_a_recorded_tfds_version_loads_tfds_whatever_the_environment_says(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "idx"))
+    small = Split(np.zeros((60, 28, 28), np.uint8), np.arange(60, dtype=np.uint8) % 10)
+    monkeypatch.setattr(data, "load_tfds", lambda: (small, small, "3.0.1"))
+    mnist = load_mnist(DataConfig(tfds_version="3.0.1"))
+    assert mnist.source == "TensorFlow Datasets mnist 3.0.1" and mnist.origin.folder is None
+    with pytest.raises(DataError, match="TFDS holds MNIST 3.0.1, the run used 9.9.9"):
+        load_mnist(DataConfig(tfds_version="9.9.9"))
+    with pytest.raises(DataError, match="idx: MNIST data folder not found"):
+        load_mnist(DataConfig())  # nothing recorded: the environment's folder

@@ -92,7 +92,7 @@ def test_not_a_run_folder(tmp_path, capsys):
 def test_run_without_checkpoints(small_run, tmp_path, capsys):
     shutil.copy(small_run / "config.yaml", tmp_path / "config.yaml")
     status, _, err = run_cli(capsys, "evaluate", str(tmp_path))
-    assert status == 2 and err == f"error: {tmp_path / 'checkpoints'}: no last checkpoint to restore\n"
+    assert status == 2 and err == f"error: {tmp_path / 'checkpoints'}: missing (the run's checkpoint folder)\n"
 
 
 def test_checkpoint_from_another_architecture(small_run, tmp_path, capsys):

@@ -185,3 +185,23 @@ def test_bad_images_get_a_message_naming_the_file(tmp_path, make, says):
         load_digit(path)
     assert says in caught.value.reason
     assert str(caught.value) == f"{path}: {caught.value.reason}" and "\n" not in str(caught.value)
+
+
+def test_a_huge_image_is_refused_in_one_line_without_pillow_warnings(tmp_path, monkeypatch, recwarn):
+    from mnist_mlp import images
+
+    Image.new("L", (300, 200), 255).save(tmp_path / "big.png")
+    monkeypatch.setattr(images, "MAX_PIXELS", 50_000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)  # 60,000 pixels: Pillow would warn (up to 80,000)
+    with pytest.raises(ImageError, match="too large: 300×200 pixels"):
+        load_digit(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # beyond twice its limit Pillow refuses by itself
+    with pytest.raises(ImageError, match="too large: more than 40,000 pixels"):
+        load_digit(tmp_path / "big.png")
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_a_real_huge_image_is_refused(tmp_path):
+    Image.new("1", (10000, 9000), 1).save(tmp_path / "huge.png")  # 90 megapixels, a few kB as a file
+    with pytest.raises(ImageError, match="too large: 10000×9000 pixels"):
+        load_digit(tmp_path / "huge.png")

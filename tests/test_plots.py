@@ -192,3 +192,36 @@ def test_a_real_short_run_keeps_history_errors_equal_to_its_predictions(tmp_path
         mine = labels == digit
         assert last[f"test_error_{digit}"] == pytest.approx(np.mean(predictions[mine] != digit), abs=1e-12)
     assert last["test_accuracy"] == pytest.approx(np.mean(predictions == labels), abs=1e-12)
+
+
+def visible_ticks(axis, low: float, high: float) -> list[str]:
+    return [t.get_text() for t, value in zip(axis.get_ticklabels(), axis.get_ticklocs(), strict=True)
+            if low <= value <= high]  # fmt: skip
+
+
+def test_a_one_epoch_summary_has_whole_epoch_ticks_and_distinct_accuracy_labels():
+    from mnist_mlp.plots import summary_figure
+
+    row = {"epoch": 1, "learning_rate": 0.4, "seconds": 1.0, "batch_loss": 0.3, "train_loss": 0.12,
+           "train_accuracy": 0.9641, "test_loss": 0.13, "test_accuracy": 0.9637}  # fmt: skip
+    row |= {f"{split}_error_{d}": 0.03 for split in ("train", "test") for d in range(10)}
+    figure = summary_figure([row], None, "one epoch")
+    figure.canvas.draw()
+    curves = [ax for ax in figure.axes if ax.get_xlabel() == "epoch"]
+    assert len(curves) == 3  # loss, accuracy, learning rate
+    for ax in curves:
+        assert visible_ticks(ax.xaxis, *ax.get_xlim()) == ["1"]
+    accuracy = next(ax for ax in figure.axes if ax.get_title() == "Accuracy per epoch")
+    labels = visible_ticks(accuracy.yaxis, *accuracy.get_ylim())
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+
+
+def test_the_summary_quotes_metrics_json_when_given():
+    from mnist_mlp.plots import headline
+
+    rows = [{"epoch": e, "test_accuracy": 0.9 + e / 100, **{f"test_error_{d}": 0.1 for d in range(10)}} for e in (1, 2)]
+    metrics = {"test_accuracy": 0.91, "mean_per_digit_test_error": 0.2, "per_digit_test_error": [0.2] * 3 + [0.0] * 7,
+               "model_epoch": 1}  # fmt: skip
+    figures = headline(rows, metrics)
+    assert (figures.epoch, figures.test_accuracy, figures.mean_per_digit_error) == (1, 0.91, 0.2)
+    assert headline(rows).epoch == 2 and headline(rows).test_accuracy == 0.92

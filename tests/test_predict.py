@@ -211,3 +211,22 @@ def test_predict_classifies_real_digits_saved_as_images(trained_run, mnist_split
     for name in VARIANTS:
         assert accuracy[name] >= 0.95, (name, accuracy[name])
     assert accuracy["stretched 60x45"] >= 0.88  # measured 0.928 (the others 0.956-0.970, the arrays 0.966)
+
+
+def test_an_interrupted_run_says_which_checkpoint_answers(random_run, some_files, tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(random_run, run.path)
+    shutil.rmtree(run.path / SAVED_MODEL)
+    from mnist_mlp.config import Config
+    from mnist_mlp.model import MLP
+    from mnist_mlp.rundir import CheckpointState
+
+    run.save_checkpoint(MLP(Config().model, seed=0), CheckpointState(2, 10, 1.0, 0.5))  # Ctrl-C after step 10
+    status, out, err = run_cli(capsys, "predict", run.path, some_files["a.png"], "--json")
+    assert status == 0 and json.loads(out)["digit"] in range(10)
+    assert err == (
+        f"using {run.checkpoints / 'epoch-0002-step-000010'} (the last checkpoint: epoch 2, step 10 "
+        f"(interrupted mid-epoch); no {SAVED_MODEL} yet)\n"
+    )
+    status, _, err = run_cli(capsys, "predict", random_run, some_files["a.png"])
+    assert status == 0 and err == ""  # a finished run: its SavedModel, nothing to say

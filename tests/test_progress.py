@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from mnist_mlp.progress import Console
 from mnist_mlp.rundir import RunDir
+from tests.conftest import child_env
 
 STEPS = 1100  # 55,000 images in batches of 50, reported after every call of 200 steps
 CALLS = [*range(200, STEPS, 200), STEPS]
@@ -125,7 +125,7 @@ def test_train_with_stdout_in_a_pipe_prints_lines_and_no_tensorflow_noise(tmp_pa
     """A real `mnist-mlp train` with stdout and stderr captured, as in CI."""
     command = [sys.executable, "-m", "mnist_mlp", "train", "--out", str(tmp_path / "run"), "--set", "train.epochs=2",
                "--set", "data.train_limit=20000", "--set", "train.steps_per_call=50"]  # fmt: skip
-    env = {**os.environ, "MNIST_MLP_DATA_DIR": str(mnist_dir)}
+    env = child_env(mnist_dir)
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
@@ -134,3 +134,15 @@ def test_train_with_stdout_in_a_pipe_prints_lines_and_no_tensorflow_noise(tmp_pa
     assert sum(" step " in line for line in lines) == 6  # 400 steps per epoch, calls of 50: 25/50/75%
     assert lines[-3].startswith("plots in ") and lines[-2].startswith("TensorBoard logs in ")
     assert lines[-1].startswith("test accuracy ")
+
+
+def test_the_closing_line_counts_one_epoch_in_the_singular_and_names_an_earlier_exported_epoch(tmp_path):
+    stream = io.StringIO()
+    one = finished(tmp_path)
+    one.metrics["epochs"] = 1
+    Console(1, stream=stream).on_finish(one)
+    assert "after 1 epoch (1.0 s training)" in stream.getvalue()
+    stopped = finished(tmp_path)
+    stopped.metrics |= {"epochs": 7, "model_epoch": 4, "validation_loss": 0.1}
+    Console(9, stream=stream).on_finish(stopped)
+    assert "after 7 epochs, the model of epoch 4 (lowest validation loss) (1.0 s training)" in stream.getvalue()

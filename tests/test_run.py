@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from mnist_mlp.results import Listener
 from mnist_mlp.run import Interrupted, converged, train_and_evaluate
 from mnist_mlp.rundir import RunDir
 from mnist_mlp.training import Diverged
-from tests.conftest import synthetic_mnist
+from tests.conftest import child_env, synthetic_mnist
 
 
 class RaiseSignalAt(Listener):
@@ -106,15 +105,44 @@ def test_run_writes_its_files_and_keeps_last_and_best_checkpoints(tmp_path, conf
     assert result.metrics["best_epoch"] == best_epoch
 
 
-def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, config):
+class Watch(Listener):
+    """Calls `look(epoch, "call" or "epoch")` during each epoch and after it (its files written)."""
+
+    def __init__(self, look):
+        self.look = look
+
+    def on_call(self, epoch, step, steps_per_epoch, running_loss, seconds):
+        self.look(epoch, "call")
+
+    def on_epoch(self, row):
+        self.look(row["epoch"], "epoch")
+
+
+def test_an_existing_run_is_replaced_only_when_asked_and_only_after_the_new_one_finished_an_epoch(tmp_path, config):
     run = RunDir.create(tmp_path / "run", "t")
     train_and_evaluate(config, run, mnist=synthetic_mnist())
     before = run.history_file.read_text()
     with pytest.raises(UserError, match="already holds a run .* --overwrite"):
         RunDir.create(tmp_path / "run", "t")
     assert run.history_file.read_text() == before
-    RunDir.create(tmp_path / "run", "t", overwrite=True)
-    assert not run.history_file.exists()
+
+    failed = RunDir.create(tmp_path / "run", "t", overwrite=True)  # built beside, then given up
+    assert failed.replaces == run.path and failed.path.parent == tmp_path and failed.path.name.startswith(".run.")
+    failed.abandon()
+    assert run.history_file.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+    new = RunDir.create(tmp_path / "run", "t", overwrite=True)
+    seen = set()
+
+    def old_until_the_first_epoch_is_done(epoch, when):
+        seen.add((epoch, when, run.history_file.read_text() == before, new.path == run.path))
+
+    watch = Watch(old_until_the_first_epoch_is_done)
+    result = train_and_evaluate(config.replace(**{"seed": 5}), new, [watch], mnist=synthetic_mnist())
+    assert (1, "call", True, False) in seen  # during epoch 1: the old run intact, the new one beside it
+    assert {(e, w) for e, w, old, moved in seen if old or not moved} == {(1, "call")}  # then replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging or retired folder left
+    assert run.read_config().seed == 5 and run.read_history() == result.history
 
 
 def test_resume_refuses_a_finished_run_and_a_folder_that_is_not_a_run(tmp_path, config):
@@ -178,7 +206,7 @@ def test_divergence_is_recorded_not_crashed(tmp_path, config):
 def test_sigterm_to_a_training_process_checkpoints_exits_143_and_resumes(tmp_path, mnist_dir, monkeypatch):
     """A real `mnist-mlp train` child process, killed politely after its first epoch, then resumed."""
     out = tmp_path / "run"
-    env = {**os.environ, "MNIST_MLP_DATA_DIR": str(mnist_dir)}
+    env = child_env(mnist_dir)
     command = [sys.executable, "-m", "mnist_mlp", "train", "--out", str(out), "--set", "train.epochs=3",
                "--set", "train.steps_per_call=50"]  # fmt: skip
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -208,3 +236,91 @@ def test_run_exceptions_survive_pickling_across_worker_processes():
     assert (interrupted.signum, str(interrupted)) == (signal.SIGTERM, "stopped")
     diverged = pickle.loads(pickle.dumps(Diverged(3, float("inf"), 0.5)))
     assert diverged.epoch == 3 and "diverged in epoch 3" in str(diverged)
+
+
+def weights_of(run: RunDir, config: Config, which: str = "last") -> list[np.ndarray]:
+    model = MLP(config.model, config.seed)
+    run.restore_checkpoint(model, which)
+    return [v.numpy() for v in model.variables_in_order]
+
+
+def test_a_finished_run_continued_to_more_epochs_equals_one_trained_straight(tmp_path, config):
+    mnist = synthetic_mnist()
+    straight = RunDir.create(tmp_path / "straight", "t")
+    train_and_evaluate(config.replace(**{"train.epochs": 4}), straight, mnist=mnist)
+
+    run = RunDir.create(tmp_path / "run", "t")
+    train_and_evaluate(config.replace(**{"train.epochs": 2}), run, mnist=mnist)
+    with pytest.raises(UserError, match=r"already finished \(2 epochs\); to continue it, add --set train.epochs=N"):
+        train_and_evaluate(run.read_config(), run, resume=True, mnist=mnist)
+    with pytest.raises(UserError, match="train.epochs=1: the run has already trained 2 epochs"):
+        train_and_evaluate(run.read_config().replace(**{"train.epochs": 1}), run, resume=True, mnist=mnist)
+    result = train_and_evaluate(run.read_config().replace(**{"train.epochs": 4}), run, resume=True, mnist=mnist)
+
+    assert result.metrics["epochs"] == 4 and run.read_config().train.epochs == 4
+    assert all(np.array_equal(a, b) for a, b in zip(weights_of(straight, config), weights_of(run, config), strict=True))
+    assert without_seconds(straight.read_history()) == without_seconds(run.read_history())
+    same = ("test_accuracy", "test_loss", "train_loss", "per_digit_test_error", "best_epoch")
+    assert {k: result.metrics[k] for k in same} == {k: json.loads(straight.metrics_file.read_text())[k] for k in same}
+
+
+def test_a_run_killed_after_its_last_epoch_is_finished_by_resume_without_training_again(tmp_path, config):
+    mnist = synthetic_mnist()
+    run = RunDir.create(tmp_path / "run", "t")
+    finished = train_and_evaluate(config, run, mnist=mnist).metrics
+    history = run.history_file.read_text()
+    run.metrics_file.unlink()  # as if killed between the last checkpoint and metrics.json (written last)
+    resumed = train_and_evaluate(run.read_config(), run, resume=True, mnist=mnist).metrics
+    assert run.history_file.read_text() == history
+    assert {k: v for k, v in resumed.items() if k != "seconds_total"} == {
+        k: v for k, v in finished.items() if k != "seconds_total"
+    }
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tmp_path, config):
+    mnist = synthetic_mnist()
+    straight = RunDir.create(tmp_path / "straight", "t")
+    expected = without_seconds(train_and_evaluate(config, straight, mnist=mnist).history)
+    run = RunDir.create(tmp_path / "run", "t", config=config)  # killed right after making its folder
+    run.write_history(straight.read_history()[:1])  # or after epoch 1's history row, before its checkpoint
+    (run.checkpoints / ".tmp-x").mkdir(parents=True)  # ... in the middle of writing it
+    result = train_and_evaluate(run.read_config(), run, resume=True, mnist=mnist)
+    assert without_seconds(result.history) == expected and not (run.checkpoints / ".tmp-x").exists()
+
+    (run.checkpoints / "state.json").unlink()  # damage: no checkpoint named, yet three epochs recorded
+    with pytest.raises(UserError, match=r"state.json is missing, but .*history.csv has 3 epochs"):
+        train_and_evaluate(run.read_config().replace(**{"train.epochs": 4}), run, resume=True, mnist=mnist)
+
+
+def test_with_early_stopping_the_best_epoch_is_exported_and_reported(tmp_path, config):
+    from mnist_mlp.export import SavedModelWriter, load_saved_model
+    from mnist_mlp.plots import PlotWriter
+
+    config = config.replace(**{"train.epochs": 8, "train.patience": 2, "train.learning_rate": 0.05})
+    run = RunDir.create(tmp_path / "run", "t")
+    mnist = synthetic_mnist(n_validation=60)  # random labels: the validation loss soon rises again
+    result = train_and_evaluate(config, run, [PlotWriter(), SavedModelWriter()], mnist=mnist)
+    metrics, history = json.loads(run.metrics_file.read_text()), run.read_history()
+    best = min(history, key=lambda row: row["validation_loss"])
+    assert metrics["status"] == "converged" and metrics["epochs"] == len(history) > best["epoch"]
+    assert metrics["best_epoch"] == metrics["model_epoch"] == best["epoch"]
+    for key in ("test_accuracy", "test_loss", "validation_loss", "train_loss"):
+        assert metrics[key] == best[key]  # the best epoch's figures, bit for bit, not the last epoch's
+    assert metrics["validation_loss"] < history[-1]["validation_loss"]
+    best_weights = weights_of(run, config, "best")
+    assert all(np.array_equal(a.numpy(), b) for a, b in zip(result.model.variables_in_order, best_weights, strict=True))
+    serve = load_saved_model(run.saved_model).signatures["serving_default"]
+    served = serve(images=mnist.test.images)["digit"].numpy()
+    assert np.array_equal(served, np.load(run.test_predictions_file))
+    assert np.mean(served == mnist.test.labels) == best["test_accuracy"]
+    with pytest.raises(UserError, match="converged"):
+        train_and_evaluate(run.read_config().replace(**{"train.epochs": 20}), run, resume=True, mnist=mnist)
+
+
+def test_a_model_too_large_for_memory_is_refused_before_anything_starts(config):
+    from mnist_mlp.errors import ConfigError
+    from mnist_mlp.run import plan_run
+
+    with pytest.raises(ConfigError, match=r"model.hidden=\[100000000\] .* needs about [\d,.]+ GB .* available"):
+        plan_run(config.replace(**{"model.hidden": [100000000]}), synthetic_mnist())
+    assert plan_run(config, synthetic_mnist()).device.kind == "cpu"

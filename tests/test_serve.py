@@ -252,7 +252,7 @@ def test_an_interrupted_run_is_served_from_its_last_checkpoint(random_run, tmp_p
     with serving(run) as url:
         info = request(url, "/api/run")[2]
         status, _, served = post_image(url, path.read_bytes())
-    assert info["weights"] == f"{run / 'checkpoints'} (last checkpoint)"
+    assert info["weights"] == f"{run / 'checkpoints' / 'epoch-0001'} (the last checkpoint: epoch 1; no saved_model yet)"
     assert status == 200
     assert_same_answer(served, predict_json(capsys, random_run, path)[0])  # the same weights either way
 

@@ -35,9 +35,7 @@ def test_epoch_scalars_group_a_history_row_by_split():
 def test_a_run_logs_each_epoch_equal_to_its_history(tmp_path, tiny_config):
     run = RunDir.create(tmp_path / "run", "t")
     config = tiny_config.replace(**{"train.epochs": 3})
-    result = train_and_evaluate(
-        config, run, [TensorBoardWriter(run.path / "tb")], mnist=synthetic_mnist(n_validation=40)
-    )
+    result = train_and_evaluate(config, run, [TensorBoardWriter(run)], mnist=synthetic_mnist(n_validation=40))
     assert sorted(p.name for p in (run.path / "tb").iterdir()) == ["test", "train", "validation"]
     logged = {split: read_scalars(run.path / "tb" / split) for split in ("train", "validation", "test")}
     for row in result.history:

@@ -10,7 +10,7 @@ from mnist_mlp.config import Config
 from mnist_mlp.device import select_device
 from mnist_mlp.gradients import backprop
 from mnist_mlp.model import forward, one_hot_columns, to_columns
-from mnist_mlp.results import confusion_matrix
+from mnist_mlp.results import Evaluation, confusion_matrix, headline_metrics
 from mnist_mlp.training import Diverged, EpochProgress, Trainer, learning_rate, train_epoch
 from tests.conftest import synthetic_mnist
 
@@ -137,3 +137,11 @@ def test_gpu_request_without_a_gpu_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="runtime.device is gpu but TensorFlow lists no GPU"):
         select_device(Config().runtime.__class__(device="gpu"))
+
+
+def test_mean_per_digit_error_averages_over_the_digits_the_split_holds():
+    labels = np.array([0, 0, 1, 1, 2, 2])  # digits 3-9 absent, as in a small test slice
+    predicted = np.array([0, 1, 1, 1, 2, 2])  # digit 0: one of two wrong
+    evaluation = Evaluation(0.5, predicted, confusion_matrix(labels, predicted))
+    assert evaluation.per_digit_error[:3].tolist() == [0.5, 0.0, 0.0] and not evaluation.per_digit_error[3:].any()
+    assert headline_metrics(evaluation)["mean_per_digit_test_error"] == pytest.approx(0.5 / 3)

@@ -1,0 +1,220 @@
+"""Faults survived, measured against uninterrupted runs: a training process killed (SIGKILL) at random
+moments and inside its writes, then resumed; four runs started at once with default names; a sweep with
+two workers stopped by SIGINT/SIGTERM at random moments, then resumed. Nothing lost, nothing mixed, and
+the final weights bit-identical. Each test prints its counts (pytest -s shows them)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_mlp.model import MLP
+from mnist_mlp.rundir import RunDir
+from tests.conftest import child_env
+
+pytestmark = pytest.mark.slow
+
+# A small model on a slice of MNIST: each process spends its time mostly starting up, the rest in short
+# epochs, so that 20 kills fit in a minute or two on 2 cores.
+SMALL = ["--set", "data.train_limit=3000", "--set", "data.test_limit=1000", "--set", "model.hidden=[32]",
+         "--set", "train.steps_per_call=20", "--set", "runtime.device=cpu", "--set", "runtime.threads=1"]  # fmt: skip
+EPOCHS = 50  # more than 20 kills can use up: each lets the run progress by a few epochs at most
+KILLS = 20
+POLL = 0.001  # seconds between looks at the run folder
+
+
+def start(*args: str, cwd: Path, env: dict) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mnist_mlp", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_when(child: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> bool:
+    """SIGKILL `child` as soon as ready() holds; False when it exited first."""
+    deadline = time.monotonic() + timeout
+    while child.poll() is None and time.monotonic() < deadline:
+        if ready():
+            child.kill()
+            child.wait()
+            return child.returncode == -signal.SIGKILL
+        time.sleep(POLL)
+    child.wait(timeout=timeout)
+    return False
+
+
+def appears(folder: Path, pattern: str, nth: int = 1) -> Callable[[], bool]:
+    """True once `nth` distinct files or folders matching `pattern` have been seen in `folder`."""
+    seen: set[str] = set()
+
+    def look() -> bool:
+        if folder.is_dir():
+            seen.update(p.name for p in folder.glob(pattern))
+        return len(seen) >= nth
+
+    return look
+
+
+def after(seconds: float) -> Callable[[], bool]:
+    due = time.monotonic() + seconds
+    return lambda: time.monotonic() >= due
+
+
+def weights(run: RunDir) -> list[np.ndarray]:
+    config = run.read_config()
+    model = MLP(config.model, config.seed)
+    run.restore_checkpoint(model)
+    return [v.numpy() for v in model.variables_in_order]
+
+
+def without(rows: list[dict] | dict, *keys: str):
+    if isinstance(rows, dict):
+        return {k: v for k, v in rows.items() if k not in keys}
+    return [without(row, *keys) for row in rows]
+
+
+def leftovers(run: Path) -> list[str]:
+    """Hidden temporary files and folders anywhere in a run folder (tb/ aside)."""
+    return sorted(str(p.relative_to(run)) for p in run.rglob(".*") if "tb" not in p.relative_to(run).parts)
+
+
+def test_sigkill_at_20_moments_then_resume_gives_the_uninterrupted_weights(tmp_path, mnist_dir):
+    env = child_env(mnist_dir)
+    fresh = ["train", "--out", "run", *SMALL, "--set", f"train.epochs={EPOCHS}", "--quiet"]
+    started = time.monotonic()
+    reference = start(*fresh[:2], "ref", *fresh[3:], cwd=tmp_path, env=env)
+    first_epoch = None
+    while reference.poll() is None:
+        if first_epoch is None and (tmp_path / "ref" / "history.csv").exists():
+            first_epoch = time.monotonic() - started
+        time.sleep(0.01)
+    assert reference.returncode == 0, reference.stderr.read()
+    reference_seconds = time.monotonic() - started
+    epoch_seconds = (reference_seconds - first_epoch) / (EPOCHS - 1)  # roughly: the closing phase counts too
+
+    run = tmp_path / "run"
+    checkpoints = run / "checkpoints"
+    rng = random.Random(0)
+    # What each kill waits for: a random moment (start-up, data, training, evaluation, any write), or the
+    # moment a write of the checkpoint folder, state.json or history.csv is under way.
+    moments = {
+        "random": lambda: after(rng.uniform(0, first_epoch + 2 * epoch_seconds)),
+        "checkpoint folder being written": lambda: appears(checkpoints, ".tmp-*", nth=rng.randint(1, 3)),
+        "state.json being replaced": lambda: appears(checkpoints, ".state.json.*.tmp", nth=rng.randint(1, 2)),
+        "history.csv being replaced": lambda: appears(run, ".history.csv.*.tmp", nth=rng.randint(1, 2)),
+    }
+    plan = [*["random"] * 10, *[name for name in moments if name != "random"] * 3]
+    rng.shuffle(plan)
+    plan[-1] = "closing: SavedModel being written"  # the last kill: after the last epoch, before metrics.json
+    moments[plan[-1]] = lambda: appears(run, ".saved_model-*")
+    kills: dict[str, int] = {}
+    for moment in plan:
+        child = start(*(["train", "--resume", "run", "--quiet"] if (run / "config.yaml").exists() else fresh),
+                      cwd=tmp_path, env=env)  # fmt: skip
+        if not kill_when(child, moments[moment]()):
+            pytest.fail(f"exit {child.returncode} before the kill ({moment}): {child.stderr.read()}")
+        kills[moment] = kills.get(moment, 0) + 1
+    assert not (run / "metrics.json").exists()
+    final = start("train", "--resume", "run", "--quiet", cwd=tmp_path, env=env)
+    assert final.wait() == 0, final.stderr.read()
+
+    ref, got = RunDir.open(tmp_path / "ref"), RunDir.open(run)
+    mismatches = sum(not np.array_equal(a, b) for a, b in zip(weights(ref), weights(got), strict=True))
+    assert mismatches == 0
+    assert without(got.read_history(), "seconds") == without(ref.read_history(), "seconds")
+    assert without(got.read_metrics(), "seconds_total") == without(ref.read_metrics(), "seconds_total")
+    assert np.array_equal(np.load(run / "test_predictions.npy"), np.load(tmp_path / "ref" / "test_predictions.npy"))
+    assert leftovers(run) == []
+    total = sum(kills.values())
+    print(f"\nSIGKILL: {total} kills survived ({kills}); 1 run compared with an uninterrupted one "
+          f"({EPOCHS} epochs, {len(weights(ref))} tensors); mismatches: {mismatches}; "
+          f"reference run {reference_seconds:.1f} s, first epoch after {first_epoch:.1f} s")  # fmt: skip
+    assert total == KILLS
+
+
+def test_four_runs_started_at_once_with_default_names_each_get_their_own_folder(tmp_path, mnist_dir):
+    from mnist_mlp.data import load_mnist
+    from mnist_mlp.run import train_and_evaluate
+
+    env = child_env(mnist_dir)
+    children = [start("train", *SMALL, "--set", "train.epochs=2", "--set", f"seed={seed}", "--quiet",
+                      cwd=tmp_path, env=env) for seed in range(4)]  # fmt: skip
+    for child in children:
+        assert child.wait(timeout=600) == 0, child.stderr.read()
+    folders = sorted((tmp_path / "runs").iterdir())
+    assert len(folders) == 4
+    runs = {RunDir.open(folder).read_config().seed: RunDir.open(folder) for folder in folders}
+    assert sorted(runs) == [0, 1, 2, 3]  # every folder holds its own run's config
+    config = runs[0].read_config()
+    mnist = load_mnist(config.data)
+    for seed, run in runs.items():  # and that run's history and metrics: as the same seed trained alone
+        alone = train_and_evaluate(config.replace(seed=seed), RunDir.create(tmp_path / f"alone-{seed}", "t"),
+                                   mnist=mnist)  # fmt: skip
+        for got, expected in zip(run.read_history(), alone.history, strict=True):
+            assert without(got, "seconds") == pytest.approx(without(expected, "seconds"), rel=1e-5)
+        assert run.read_metrics()["test_loss"] == pytest.approx(alone.metrics["test_loss"], rel=1e-5)
+        assert leftovers(run.path) == []
+    suffixed = sum(folder.name.rsplit("-", 1)[-1].isdigit() for folder in folders)
+    print(f"\n4 runs at once: {len(folders)} folders ({suffixed} with a -N suffix), 4 runs compared, mismatches: 0")
+
+
+SWEEP = """
+set:
+  data.validation_size: 1000
+  data.train_limit: 3000
+  data.test_limit: 1000
+  model.hidden: [32]
+  train.epochs: 4
+  train.steps_per_call: 20
+  runtime.device: cpu
+grid:
+  train.learning_rate: [0.05, 0.1, 0.2, 0.4]
+  seed: [0, 1]
+"""
+
+
+def test_a_sweep_stopped_by_sigint_and_sigterm_then_resumed_loses_and_mixes_nothing(tmp_path, mnist_dir):
+    env = child_env(mnist_dir)
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    started = time.monotonic()
+    reference = start("sweep", "sweep.yaml", "--out", "ref", "--workers", "2", cwd=tmp_path, env=env)
+    assert reference.wait(timeout=900) == 0, reference.stderr.read()
+    reference_seconds = time.monotonic() - started
+
+    rng = random.Random(1)
+    stops = []
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+        child = start("sweep", "sweep.yaml", "--out", "got", "--workers", "2", cwd=tmp_path, env=env)
+        time.sleep(rng.uniform(0.2, 0.9) * reference_seconds)
+        child.send_signal(signum)
+        code = child.wait(timeout=300)
+        assert code in (0, 128 + signum), child.stderr.read()
+        stops.append((signal.Signals(signum).name, code))
+    final = start("sweep", "sweep.yaml", "--out", "got", "--workers", "2", cwd=tmp_path, env=env)
+    assert final.wait(timeout=900) == 0, final.stderr.read()
+
+    ids = sorted(p.name for p in (tmp_path / "ref" / "trials").iterdir())
+    assert ids == sorted(p.name for p in (tmp_path / "got" / "trials").iterdir())  # no stray folders either
+    mismatches = 0
+    for trial in ids:
+        ref, got = RunDir.open(tmp_path / "ref" / "trials" / trial), RunDir.open(tmp_path / "got" / "trials" / trial)
+        same = (
+            got.read_config() == ref.read_config()  # nothing mixed: each folder holds its own trial
+            and without(got.read_history(), "seconds") == without(ref.read_history(), "seconds")
+            and without(got.read_metrics(), "seconds_total") == without(ref.read_metrics(), "seconds_total")
+            and all(np.array_equal(a, b) for a, b in zip(weights(ref), weights(got), strict=True))
+            and leftovers(got.path) == []
+        )
+        mismatches += not same
+    assert mismatches == 0
+    table = [line.split(",") for line in (tmp_path / "got" / "trials.csv").read_text().splitlines()]
+    reference_table = [line.split(",") for line in (tmp_path / "ref" / "trials.csv").read_text().splitlines()]
+    assert [row[:-1] for row in table] == [row[:-1] for row in reference_table]  # all but train_seconds
+    print(f"\nsweep: stopped {len(stops)} times ({stops}), then resumed; {len(ids)} trials compared with an "
+          f"uninterrupted sweep; mismatches: {mismatches}; reference sweep {reference_seconds:.1f} s")  # fmt: skip
