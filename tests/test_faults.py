@@ -66,6 +66,30 @@ def after(seconds: float) -> Callable[[], bool]:
     return lambda: time.monotonic() >= due
 
 
+def either(*conditions: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: any(condition() for condition in conditions)
+
+
+def epochs(run: Path) -> int:
+    """Rows in history.csv (0 when there is none yet)."""
+    try:
+        return max(0, len((run / "history.csv").read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def after_next_epoch(run: Path, seconds: float) -> Callable[[], bool]:
+    """True `seconds` after history.csv has gained a row."""
+    before, due = epochs(run), []
+
+    def look() -> bool:
+        if not due and epochs(run) > before:
+            due.append(time.monotonic() + seconds)
+        return bool(due) and time.monotonic() >= due[0]
+
+    return look
+
+
 def weights(run: RunDir) -> list[np.ndarray]:
     config = run.read_config()
     model = MLP(config.model, config.seed)
@@ -89,14 +113,14 @@ def test_sigkill_at_20_moments_then_resume_gives_the_uninterrupted_weights(tmp_p
     fresh = ["train", "--out", "run", *SMALL, "--set", f"train.epochs={EPOCHS}", "--quiet"]
     started = time.monotonic()
     reference = start(*fresh[:2], "ref", *fresh[3:], cwd=tmp_path, env=env)
-    first_epoch = None
+    epochs_done: dict[int, float] = {}  # epoch: when its history row appeared
     while reference.poll() is None:
-        if first_epoch is None and (tmp_path / "ref" / "history.csv").exists():
-            first_epoch = time.monotonic() - started
-        time.sleep(0.01)
+        epochs_done.setdefault(epochs(tmp_path / "ref"), time.monotonic() - started)
+        time.sleep(0.005)
     assert reference.returncode == 0, reference.stderr.read()
     reference_seconds = time.monotonic() - started
-    epoch_seconds = (reference_seconds - first_epoch) / (EPOCHS - 1)  # roughly: the closing phase counts too
+    first_epoch = epochs_done[1]
+    epoch_seconds = float(np.median(np.diff([epochs_done[e] for e in sorted(epochs_done) if e > 0])))
 
     run = tmp_path / "run"
     checkpoints = run / "checkpoints"
@@ -104,12 +128,16 @@ def test_sigkill_at_20_moments_then_resume_gives_the_uninterrupted_weights(tmp_p
     # What each kill waits for: a random moment (start-up, data, training, evaluation, any write), or the
     # moment a write of the checkpoint folder, state.json or history.csv is under way.
     moments = {
-        "random": lambda: after(rng.uniform(0, first_epoch + 2 * epoch_seconds)),
+        # Random moments in time, counted from the child's start (start-up, loading, the first epoch) or
+        # from the first epoch it finishes (training, evaluation, any write): a start-up much faster than
+        # the reference's (a busy machine) cannot let the run race through all its epochs.
+        "random": lambda: either(after(rng.uniform(0, first_epoch)), after_next_epoch(run, 0.0)),
+        "random in training": lambda: after_next_epoch(run, rng.uniform(0, 2 * epoch_seconds)),
         "checkpoint folder being written": lambda: appears(checkpoints, ".tmp-*", nth=rng.randint(1, 3)),
         "state.json being replaced": lambda: appears(checkpoints, ".state.json.*.tmp", nth=rng.randint(1, 2)),
         "history.csv being replaced": lambda: appears(run, ".history.csv.*.tmp", nth=rng.randint(1, 2)),
     }
-    plan = [*["random"] * 10, *[name for name in moments if name != "random"] * 3]
+    plan = [*["random"] * 5, *["random in training"] * 5, *[n for n in moments if not n.startswith("random")] * 3]
     rng.shuffle(plan)
     plan[-1] = "closing: SavedModel being written"  # the last kill: after the last epoch, before metrics.json
     moments[plan[-1]] = lambda: appears(run, ".saved_model-*")
