@@ -140,7 +140,7 @@ def test_sigkill_at_20_moments_then_resume_gives_the_uninterrupted_weights(tmp_p
     # A write lasts milliseconds; a look that misses it (a busy machine) kills two epochs later instead,
     # and the kill is counted as random.
     hits: dict[str, int] = {}
-    plan = [*["random"] * 5, *["random in training"] * 5, *[n for n in moments if not n.startswith("random")] * 3]
+    plan = [*["random"] * 6, *["random in training"] * 5, *[n for n in moments if not n.startswith("random")] * 3]
     rng.shuffle(plan)
     plan[-1] = "closing: SavedModel being written"  # the last kill: after the last epoch, before metrics.json
     moments[plan[-1]] = lambda: appears(run, ".saved_model-*")
