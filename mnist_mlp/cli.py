@@ -11,9 +11,11 @@ import sys
 from pathlib import Path
 
 from mnist_mlp import import_tensorflow_quietly
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import GpuMismatch, UserError
 
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 1
+EXIT_GPU_MISMATCH = 1
+EXIT_PROBLEMS_FOUND = 1  # doctor  # the GPU failed its self-check: the machine's fault, not the input's
 EXIT_SOME_FILES_FAILED = 1  # predict: some images could not be classified (the others were)
 EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a different loss
 
@@ -33,12 +35,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     mnist = load_mnist(config.data)  # bad data fails before TensorFlow starts and before any folder is made
     import_tensorflow_quietly()
     from mnist_mlp.export import SavedModelWriter
+    from mnist_mlp.gpu_check import choose_device
     from mnist_mlp.plots import PlotWriter
     from mnist_mlp.progress import Console
     from mnist_mlp.run import Interrupted, train_and_evaluate
     from mnist_mlp.tensorboard import TensorBoardWriter
     from mnist_mlp.training import Diverged
 
+    device = choose_device(config)  # a GPU that fails its self-check stops the run here, before any folder
     if not args.resume:
         name = Path(args.config).stem if args.config else "default"
         run = RunDir.create(args.out, name, overwrite=args.overwrite)
@@ -46,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Plots and TensorBoard first: the console's closing lines name their files.
     listeners = [PlotWriter(), TensorBoardWriter(run.tensorboard), SavedModelWriter(), console]
     try:
-        train_and_evaluate(config, run, listeners, resume=bool(args.resume), mnist=mnist)
+        train_and_evaluate(config, run, listeners, resume=bool(args.resume), mnist=mnist, device=device)
     except Diverged as exc:
         console.end_line()
         print(f"error: {exc}", file=sys.stderr)
@@ -137,6 +141,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_BENCH_MISMATCH if document["mismatches"] else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from mnist_mlp.doctor import diagnose, format_report
+
+    report = diagnose(args.data_dir)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return EXIT_PROBLEMS_FOUND if report["problems"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnist-mlp", description="MNIST digit classifier: an MLP with hand-written backprop in TensorFlow."
@@ -192,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--overwrite", action="store_true", help="replace an earlier bench.json in --out")
     bench.add_argument("--json", action="store_true", help="print bench.json instead of the table")
     bench.set_defaults(handler=cmd_bench)
+
+    doctor = commands.add_parser("doctor", help="check versions, devices, data and the GPU; recommend a device")
+    doctor.add_argument("--data-dir", type=Path, metavar="PATH", help="MNIST IDX folder to check (default: as train)")
+    doctor.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    doctor.set_defaults(handler=cmd_doctor)
     return parser
 
 
@@ -203,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         import_tensorflow_quietly()
     try:
         return args.handler(args)
+    except GpuMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_GPU_MISMATCH
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -65,7 +65,7 @@ class Mnist:
 
 def load_mnist(config: DataConfig) -> Mnist:
     """Load MNIST as the config says: IDX folder if named, else TFDS; then split and slice."""
-    folder = config.dir or os.environ.get(DATA_DIR_ENV)
+    folder = idx_folder(config)
     if folder:
         train, test = read_idx_folder(Path(folder).expanduser(), verify=config.verify)
         source = f"IDX files in {folder}"
@@ -73,6 +73,27 @@ def load_mnist(config: DataConfig) -> Mnist:
         train, test = load_tfds()
         source = "TensorFlow Datasets"
     return split(train, test, config, source)
+
+
+def idx_folder(config: DataConfig) -> str | None:
+    """The IDX folder load_mnist reads: data.dir, else $MNIST_MLP_DATA_DIR; None: TFDS."""
+    return config.dir or os.environ.get(DATA_DIR_ENV) or None
+
+
+def data_source(config: DataConfig) -> str:
+    """Where load_mnist would find MNIST, said without reading it (for `doctor`). Raises DataError when a
+    named folder lacks one of the four files."""
+    folder = idx_folder(config)
+    if folder:
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise DataError(f"{path}: MNIST data folder not found; {OFFLINE_HINT}")
+        for name in IDX_FILES:
+            _find(path, name)
+        return f"IDX files in {folder}"
+    if tfds_cached():
+        return f"TensorFlow Datasets' prepared copy in {tfds_root()}"
+    return "neither an IDX folder nor a TensorFlow Datasets copy: the first run downloads MNIST (about 11 MB)"
 
 
 def split(train: Split, test: Split, config: DataConfig, source: str) -> Mnist:
@@ -164,8 +185,11 @@ def load_tfds() -> tuple[Split, Split]:
 
 def tfds_cached() -> bool:
     """Whether TFDS has a prepared MNIST in its data folder ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
-    root = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
-    return any((root / "mnist").glob("*/dataset_info.json"))
+    return any((tfds_root() / "mnist").glob("*/dataset_info.json"))
+
+
+def tfds_root() -> Path:
+    return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
 
 def _check_online(timeout: float = 5.0) -> None:

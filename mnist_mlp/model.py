@@ -45,8 +45,7 @@ class MLP(tf.Module):
 
     def __init__(self, config: ModelConfig, seed: int, dtype: tf.DType = tf.float32):
         super().__init__(name="mlp")
-        sizes = [N_PIXELS, *config.hidden, N_CLASSES]
-        self.sizes = sizes
+        self.sizes = sizes = layer_sizes(config)
         self.W = [
             tf.Variable(initial_weights(config, n_in, n_out, seed=(seed, layer), dtype=dtype), name=f"W{layer + 1}")
             for layer, (n_in, n_out) in enumerate(itertools.pairwise(sizes))
@@ -58,6 +57,11 @@ class MLP(tf.Module):
     def variables_in_order(self) -> list[tf.Variable]:
         """W1, W0_1, W2, W0_2, ...: a fixed order for checkpoints and comparisons."""
         return [v for pair in zip(self.W, self.W0, strict=True) for v in pair]
+
+
+def layer_sizes(config: ModelConfig) -> list[int]:
+    """N_0 = 784 pixels, the hidden layers' sizes, K = 10 classes."""
+    return [N_PIXELS, *config.hidden, N_CLASSES]
 
 
 def initial_weights(config: ModelConfig, n_in: int, n_out: int, seed: tuple[int, int], dtype: tf.DType) -> tf.Tensor:

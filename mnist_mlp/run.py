@@ -16,8 +16,9 @@ import tensorflow as tf
 
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Mnist, load_mnist
-from mnist_mlp.device import select_device
+from mnist_mlp.device import Device
 from mnist_mlp.errors import UserError
+from mnist_mlp.gpu_check import choose_device
 from mnist_mlp.history import (
     BATCH_LOSS,
     DIGIT_ERROR_SPLITS,
@@ -147,12 +148,14 @@ def train_and_evaluate(
     listeners: list[Listener] = (),
     resume: bool = False,
     mnist: Mnist | None = None,
+    device: Device | None = None,
 ) -> RunResult:
     """Train per `config`, writing the run's files into `run`; listeners see progress and the result.
+    `device`: as chosen by gpu_check.choose_device (which runs here when not given).
 
     Raises Diverged (history and metrics written, status "diverged") or Interrupted (checkpointed).
     """
-    device = select_device(config.runtime)
+    device = device or choose_device(config)
     mnist = mnist or load_mnist(config.data)
     trainer = Trainer(config, mnist.train, device)
     splits = {"train": (trainer.images, trainer.labels)}

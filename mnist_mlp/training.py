@@ -20,7 +20,7 @@ import tensorflow as tf
 from mnist_mlp import native_stderr_silenced
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Split
-from mnist_mlp.device import Device
+from mnist_mlp.device import Device, as_computed_on
 from mnist_mlp.errors import ConfigError
 from mnist_mlp.gradients import loss_gradients
 from mnist_mlp.model import MLP, cross_entropy, forward, one_hot_columns, to_columns
@@ -64,6 +64,7 @@ class Trainer:
             )
         with tf.device(device.name):
             self.model = MLP(config.model, config.seed)
+            self.model.activation = as_computed_on(device.name, self.model.activation)  # see device.py
             self.optimizer = make_optimizer(config.train, self.params)  # its slots, if any, on the device too
             self.images, self.labels = self.to_device(train)
         self.train_steps = tf.function(self._train_steps, jit_compile=device.jit_compile)

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_mlp.config import Config
-from mnist_mlp.device import select_device
+from mnist_mlp.device import cpu_device
 from mnist_mlp.optimizers import SGD, Optimizer, make_optimizer
 from mnist_mlp.training import Trainer
 from tests.conftest import synthetic_mnist
@@ -41,7 +41,7 @@ class Recording(Optimizer):
 
 def test_the_training_step_runs_the_optimizer_it_holds():
     config = Config().replace(**{"model.hidden": [8], "data.validation_size": 0})
-    trainer = Trainer(config, synthetic_mnist(100).train, select_device(config.runtime))
+    trainer = Trainer(config, synthetic_mnist(100).train, cpu_device(config.runtime))
     trainer.optimizer = Recording(config.train, trainer.params)
     before = [v.numpy() for v in trainer.params]
     trainer.step(trainer.images[:20], trainer.labels[:20], tf.constant(0.1))

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from mnist_mlp.config import Config
-from mnist_mlp.device import select_device
+from mnist_mlp.device import available_gpu, cpu_device, require_gpu
 from mnist_mlp.gradients import backprop
 from mnist_mlp.model import forward, one_hot_columns, to_columns
 from mnist_mlp.results import confusion_matrix
@@ -16,7 +16,7 @@ from tests.conftest import synthetic_mnist
 
 
 def make_trainer(config: Config, n_train: int = 200) -> Trainer:
-    return Trainer(config, synthetic_mnist(n_train).train, select_device(config.runtime))
+    return Trainer(config, synthetic_mnist(n_train).train, cpu_device(config.runtime))
 
 
 def weights(trainer: Trainer) -> list[np.ndarray]:
@@ -131,9 +131,9 @@ def test_confusion_matrix_and_per_digit_error():
 
 
 def test_gpu_request_without_a_gpu_is_a_clear_error():
-    if tf.config.list_physical_devices("GPU"):
+    if available_gpu():
         pytest.skip("this machine has a GPU")
     from mnist_mlp.errors import ConfigError
 
     with pytest.raises(ConfigError, match="runtime.device is gpu but TensorFlow lists no GPU"):
-        select_device(Config().runtime.__class__(device="gpu"))
+        require_gpu(Config().runtime.__class__(device="gpu"))
