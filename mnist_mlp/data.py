@@ -168,6 +168,9 @@ def load_tfds() -> tuple[Split, Split]:
     if not tfds_cached():
         _check_online()
     import_tensorflow_quietly()  # TFDS imports TensorFlow
+    from mnist_mlp.device import split_cpu_for_standin
+
+    split_cpu_for_standin()  # TFDS starts TensorFlow's runtime: a stand-in GPU must be split off before
     import absl.logging
     import tensorflow_datasets as tfds
 

@@ -138,6 +138,7 @@ def test_bad_data_is_one_error_line_and_leaves_no_folder(tmp_path, monkeypatch, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a bench child process: matmul rates, the NumPy loop, two devices
 def test_the_wrong_standin_gpu_is_a_mismatch_and_exit_1(tmp_path):
     """bench's GPU rows on the stand-in (a child process: it must be set up before TensorFlow starts),
     with our fast path only, the one `train` runs, to keep it short."""

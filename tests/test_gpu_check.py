@@ -152,6 +152,7 @@ def test_cache_folder_follows_the_platform_and_the_override(monkeypatch, tmp_pat
 SMALL_RUN = ["--set", "train.epochs=1", "--set", "data.train_limit=1000", "--set", "data.test_limit=500"]
 
 
+@pytest.mark.slow  # a `train` child process with its SavedModel and plots, then the same run in-process
 def test_a_run_on_the_ok_standin_trains_as_the_cpu_does(tmp_path, mnist_dir):
     out = tmp_path / "gpu"
     done = run_cli(tmp_path, "train", "--out", str(out), *SMALL_RUN, "--set", "runtime.device=gpu",
@@ -170,6 +171,7 @@ def test_a_run_on_the_ok_standin_trains_as_the_cpu_does(tmp_path, mnist_dir):
         np.testing.assert_allclose(gpu.numpy(), cpu.numpy(), rtol=CHECK_RTOL, atol=CHECK_RTOL * scale)
 
 
+@pytest.mark.slow  # three child processes, one of them a `train`
 def test_a_wrong_standin_is_caught_auto_falls_back_the_cache_is_used_and_doctor_rechecks(tmp_path, mnist_dir):
     env = {"MNIST_MLP_STANDIN_GPU": "wrong", "MNIST_MLP_DATA_DIR": str(mnist_dir)}
     out = tmp_path / "forced"
