@@ -14,8 +14,8 @@ from mnist_mlp import import_tensorflow_quietly
 from mnist_mlp.errors import GpuMismatch, UserError
 
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 1
-EXIT_GPU_MISMATCH = 1
-EXIT_PROBLEMS_FOUND = 1  # doctor  # the GPU failed its self-check: the machine's fault, not the input's
+EXIT_GPU_MISMATCH = 1  # the GPU failed its self-check: the machine's fault, not the input's
+EXIT_PROBLEMS_FOUND = 1  # doctor found something wrong
 EXIT_SOME_FILES_FAILED = 1  # predict: some images could not be classified (the others were)
 EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a different loss
 
