@@ -194,13 +194,14 @@ def train_and_evaluate(
             if progress.step < trainer.steps_per_epoch:  # stopped by a signal mid-epoch
                 if progress.step:  # else nothing of this epoch ran: the last epoch's checkpoint stands
                     state = CheckpointState(progress.epoch, progress.step, progress.loss_sum, progress.seconds)
-                    run.save_checkpoint(trainer.model, state)
+                    run.save_checkpoint(trainer.model, state, optimizer=trainer.optimizer)
                 raise Interrupted.at(stop.signum, run, progress)
             lr = learning_rate(config.train, progress.epoch)
             final = _evaluate(trainer, splits)
             history.append(epoch_row(progress.epoch, lr, progress, final))
             run.write_history(history)
-            run.save_checkpoint(trainer.model, CheckpointState(progress.epoch, 0, 0.0, 0.0), best=is_best(history))
+            position = CheckpointState(progress.epoch, 0, 0.0, 0.0)
+            run.save_checkpoint(trainer.model, position, best=is_best(history), optimizer=trainer.optimizer)
             for listener in listeners:
                 listener.on_epoch(history[-1])
             if converged(history, config.train):
@@ -227,7 +228,7 @@ def _starting_point(run: RunDir, trainer: Trainer, config: Config, resume: bool)
     if not resume:
         run.write_config(config)
         return [], EpochProgress(epoch=1)
-    state = run.restore_checkpoint(trainer.model)
+    state = run.restore_checkpoint(trainer.model, optimizer=trainer.optimizer)
     finished = state.epoch - 1 if state.step else state.epoch
     history = [row for row in run.read_history() if row[EPOCH] <= finished]
     if len(history) != finished:

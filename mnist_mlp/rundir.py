@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
     from mnist_mlp.model import MLP
+    from mnist_mlp.optimizers import Optimizer
 
 # The layout of a run folder; other modules use RunDir's paths, never these names.
 CONFIG_FILE = "config.yaml"  # the complete config the run trained with
@@ -183,12 +184,15 @@ class RunDir:
 
     # Checkpoints: complete folders renamed into place, and state.json (atomic) naming the last and best.
 
-    def save_checkpoint(self, model: MLP, state: CheckpointState, best: bool = False) -> None:
-        """Write the weights and position as checkpoints/<name>, then point state.json at it."""
+    def save_checkpoint(
+        self, model: MLP, state: CheckpointState, best: bool = False, optimizer: Optimizer | None = None
+    ) -> None:
+        """Write the weights, the optimizer's slots and the position as checkpoints/<name>, then point
+        state.json at it."""
         self.checkpoints.mkdir(exist_ok=True)
         name = f"epoch-{state.epoch:04d}" + (f"-step-{state.step:06d}" if state.step else "")
         tmp = Path(tempfile.mkdtemp(dir=self.checkpoints, prefix=".tmp-"))
-        _checkpoint(model, state)[0].write(str(tmp / "ckpt"))
+        _checkpoint(model, state, optimizer)[0].write(str(tmp / "ckpt"))
         replace_dir(tmp, self.checkpoints / name)
         pointers = self._pointers()
         pointers["last"] = name
@@ -200,16 +204,26 @@ class RunDir:
             if old.is_dir() and old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def restore_checkpoint(self, model: MLP, which: str = "last") -> CheckpointState:
-        """Load the weights of the `last` or `best` checkpoint into `model`; returns its position."""
+    def restore_checkpoint(
+        self, model: MLP, which: str = "last", optimizer: Optimizer | None = None
+    ) -> CheckpointState:
+        """Load the weights of the `last` or `best` checkpoint into `model` and, to resume training, the slots
+        into `optimizer` (which must be of the kind that wrote them); returns its position."""
         name = self._pointers().get(which)
         if name is None:
             raise UserError(f"{self.checkpoints}: no {which} checkpoint to restore")
         import tensorflow as tf
 
-        checkpoint, position = _checkpoint(model, CheckpointState(0, 0, 0.0, 0.0))
+        checkpoint, position = _checkpoint(model, CheckpointState(0, 0, 0.0, 0.0), optimizer)
         try:
-            checkpoint.read(str(self.checkpoints / name / "ckpt")).assert_existing_objects_matched()
+            status = checkpoint.read(str(self.checkpoints / name / "ckpt"))
+            written_by = position["optimizer"].numpy().decode()
+            if optimizer is not None and written_by != optimizer.kind:
+                raise UserError(
+                    f"{self.checkpoints / name}: written by train.optimizer {written_by}, "
+                    f"this config trains with {optimizer.kind}; its slots cannot continue another optimizer"
+                )
+            status.assert_existing_objects_matched()
         except (ValueError, tf.errors.OpError, AssertionError) as exc:
             reason = str(exc).splitlines()[0][:200]
             raise UserError(f"{self.checkpoints / name}: does not fit this model ({reason})") from None
@@ -230,11 +244,12 @@ class RunDir:
             raise UserError(f"{path}: malformed checkpoint state") from None
 
 
-def _checkpoint(model: MLP, state: CheckpointState) -> tuple[tf.train.Checkpoint, dict]:
-    """The tracked objects of a checkpoint: weights by name, and the training position as variables.
+def _checkpoint(model: MLP, state: CheckpointState, optimizer: Optimizer | None) -> tuple[tf.train.Checkpoint, dict]:
+    """The tracked objects of a checkpoint: weights by name, the optimizer's kind and slots, and the training
+    position as variables. Without an optimizer (evaluate, predict) the slots in a file are left unread.
 
-    The shuffle is a stateless function of (seed, epoch) and the learning rate a function of the epoch,
-    so the position is the whole of the RNG and schedule state.
+    The shuffle and the shifts are stateless functions of (seed, epoch, step) and the learning rate a
+    function of the epoch, so the position and the slots are the whole of the RNG, schedule and optimizer state.
     """
     import tensorflow as tf
 
@@ -244,6 +259,9 @@ def _checkpoint(model: MLP, state: CheckpointState) -> tuple[tf.train.Checkpoint
             "step": tf.Variable(state.step, dtype=tf.int64),
             "loss_sum": tf.Variable(state.loss_sum, dtype=tf.float64),
             "seconds": tf.Variable(state.seconds, dtype=tf.float64),
+            # Checkpoints from before there was a choice hold no name: they were all written by plain SGD.
+            "optimizer": tf.Variable(optimizer.kind if optimizer else "sgd", dtype=tf.string),
         }
     weights = {v.name.split(":")[0]: v for v in model.variables_in_order}
-    return tf.train.Checkpoint(weights=weights, **position), position
+    slots = {"slots": optimizer.variables} if optimizer and optimizer.variables else {}
+    return tf.train.Checkpoint(weights=weights, **slots, **position), position

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_mlp import native_stderr_silenced
+from mnist_mlp.augment import epoch_shifts, shift_images
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Split
 from mnist_mlp.device import Device, as_computed_on
@@ -45,7 +46,10 @@ class Diverged(Exception):
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
-    """Step decay: α · decay^⌊(epoch − 1) / every⌋ for 1-based epochs (the report: halve every 2)."""
+    """The rate of 1-based `epoch`. step: α · decay^⌊(epoch − 1) / every⌋ (the report: halve every 2);
+    cosine: α · ½(1 + cos(π (epoch − 1) / epochs)), from α in the first epoch towards 0 after the last."""
+    if config.lr_schedule == "cosine":
+        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / config.epochs))
     return config.learning_rate * config.lr_decay ** ((epoch - 1) // config.lr_decay_epochs)
 
 
@@ -98,12 +102,20 @@ class Trainer:
                 loss = cross_entropy(forward(self.model, X)[1], y)
             return loss
 
-    def _train_steps(self, images, labels, order, first_step, count, lr) -> tf.Tensor:
-        """`count` training steps from `first_step` of the epoch's order; returns the sum of their batch losses."""
+    def _train_steps(self, images, labels, order, first_step, count, lr, epoch) -> tf.Tensor:
+        """`count` training steps from `first_step` of the epoch's order; returns the sum of their batch losses.
+        With train.augment_shift = k > 0 each batch is shifted at random by up to k pixels (augment.py)."""
+        k = self.config.train.augment_shift
+        if k:  # a Python test: with 0 the graph has no augmentation ops at all
+            shifts = epoch_shifts(k, self.config.seed, epoch, self.steps_per_epoch * self.batch_size)
 
         def one_step(step: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             batch = tf.slice(order, [step * self.batch_size], [self.batch_size])
-            return step + 1, total + self.step(tf.gather(images, batch), tf.gather(labels, batch), lr)
+            batch_images = tf.gather(images, batch)
+            if k:
+                d = tf.slice(shifts, [0, step * self.batch_size], [2, self.batch_size])
+                batch_images = shift_images(batch_images, d[0], d[1])
+            return step + 1, total + self.step(batch_images, tf.gather(labels, batch), lr)
 
         # An explicit while_loop, not `for step in tf.range(...)`: AutoGraph's range loop makes XLA treat the
         # bounds as compile-time constants and recompile for every new first_step (seconds per epoch).
@@ -120,9 +132,10 @@ class Trainer:
         with tf.device(self.device.name):
             return tf.identity(order)
 
-    def run_steps(self, order: tf.Tensor, first_step: int, count: int, lr: float) -> float:
-        """Run `count` steps in one compiled call; returns the summed batch loss (a sync point)."""
-        args = (tf.constant(first_step, tf.int32), tf.constant(count, tf.int32), tf.constant(lr, tf.float32))
+    def run_steps(self, order: tf.Tensor, first_step: int, count: int, lr: float, epoch: int) -> float:
+        """Run `count` steps of `epoch` in one compiled call; returns the summed batch loss (a sync point)."""
+        first_step, count, epoch = (tf.constant(n, tf.int32) for n in (first_step, count, epoch))
+        args = (first_step, count, tf.constant(lr, tf.float32), epoch)
         with native_stderr_silenced() if self.device.jit_compile else contextlib.nullcontext():  # XLA's C++ log
             return float(self.train_steps(self.images, self.labels, order, *args))
 
@@ -173,7 +186,7 @@ def train_epoch(
     while state.step < trainer.steps_per_epoch and not should_stop():
         count = min(cfg.steps_per_call, trainer.steps_per_epoch - state.step)
         started = time.perf_counter()
-        state.loss_sum += trainer.run_steps(order, state.step, count, lr)
+        state.loss_sum += trainer.run_steps(order, state.step, count, lr, state.epoch)
         state.seconds += time.perf_counter() - started
         state.step += count
         running = state.loss_sum / state.step
