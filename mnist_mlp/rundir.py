@@ -216,7 +216,9 @@ class RunDir:
 
         checkpoint, position = _checkpoint(model, CheckpointState(0, 0, 0.0, 0.0), optimizer)
         try:
-            status = checkpoint.read(str(self.checkpoints / name / "ckpt"))
+            # expect_partial: evaluate and predict read the weights alone and leave the slots, without TF's
+            # warnings about them; every object that is asked for must still be there (assert below).
+            status = checkpoint.read(str(self.checkpoints / name / "ckpt")).expect_partial()
             written_by = position["optimizer"].numpy().decode()
             if optimizer is not None and written_by != optimizer.kind:
                 raise UserError(
@@ -244,7 +246,9 @@ class RunDir:
             raise UserError(f"{path}: malformed checkpoint state") from None
 
 
-def _checkpoint(model: MLP, state: CheckpointState, optimizer: Optimizer | None) -> tuple[tf.train.Checkpoint, dict]:
+def _checkpoint(
+    model: MLP, state: CheckpointState, optimizer: Optimizer | None = None
+) -> tuple[tf.train.Checkpoint, dict]:
     """The tracked objects of a checkpoint: weights by name, the optimizer's kind and slots, and the training
     position as variables. Without an optimizer (evaluate, predict) the slots in a file are left unread.
 

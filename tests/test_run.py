@@ -63,7 +63,18 @@ def test_converged_counts_epochs_without_improvement(config):
     assert not converged(val, train.__class__(patience=1))
 
 
-def test_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, config):
+OPTIMIZER_SETTINGS = [
+    {},  # plain SGD, the step schedule, no shifts: as before there was a choice
+    {"train.optimizer": "momentum", "train.learning_rate": 0.02},
+    {"train.optimizer": "nesterov", "train.learning_rate": 0.02, "train.augment_shift": 1},
+    {"train.optimizer": "adam", "train.learning_rate": 0.003, "train.augment_shift": 2, "train.lr_schedule": "cosine"},
+]
+
+
+@pytest.mark.parametrize("settings", OPTIMIZER_SETTINGS, ids=["sgd", "momentum", "nesterov+shift", "adam+shift+cosine"])
+def test_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, config, settings):
+    """Mid-epoch: the optimizer's slots (velocities, moments, step count) must come back with the weights."""
+    config = config.replace(**settings)
     mnist = synthetic_mnist()
     straight = RunDir.create(tmp_path / "straight", "t")
     train_and_evaluate(config, straight, mnist=mnist)
@@ -135,6 +146,20 @@ def test_a_checkpoint_from_another_architecture_is_refused(tmp_path, config):
         run.restore_checkpoint(other)
 
 
+def test_a_checkpoint_from_another_optimizer_is_refused_and_evaluation_ignores_slots(tmp_path, config):
+    adam = config.replace(**{"train.optimizer": "adam", "train.learning_rate": 0.003, "train.epochs": 3})
+    run = RunDir.create(tmp_path / "run", "t")
+    with pytest.raises(Interrupted):
+        train_and_evaluate(adam, run, [RaiseSignalAt(epoch=2, step=3)], mnist=synthetic_mnist())
+    momentum = adam.replace(**{"train.optimizer": "momentum"})
+    with pytest.raises(UserError) as caught:
+        train_and_evaluate(momentum, run, resume=True, mnist=synthetic_mnist())
+    message = str(caught.value)
+    assert "written by train.optimizer adam, this config trains with momentum" in message and "\n" not in message
+    weights = final_weights(run, adam)  # the model alone, as evaluate and predict restore it: slots unread
+    assert len(weights) == 6 and all(np.isfinite(w).all() for w in weights)
+
+
 def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one_in_charge(tmp_path, config, monkeypatch):
     """Simulates a kill during a checkpoint write: the partial files never become the `last` checkpoint."""
     run = RunDir.create(tmp_path / "run", "t")
@@ -142,8 +167,8 @@ def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one_in_charge(t
     before = final_weights(run, config)
     real_checkpoint = rundir._checkpoint
 
-    def dying_checkpoint(model, state):
-        checkpoint, position = real_checkpoint(model, state)
+    def dying_checkpoint(*args):
+        checkpoint, position = real_checkpoint(*args)
 
         def write(prefix):
             Path(prefix + ".index").write_bytes(b"partial")

@@ -33,6 +33,13 @@ def test_learning_rate_halves_every_two_epochs_like_the_report():
     assert [learning_rate(config.train, e) for e in range(1, 7)] == [0.001, 0.001, 0.0005, 0.0005, 0.00025, 0.00025]
 
 
+def test_cosine_schedule_falls_from_alpha_towards_zero_over_the_epochs():
+    config = Config().replace(**{"train.learning_rate": 0.002, "train.lr_schedule": "cosine", "train.epochs": 4})
+    rates = [learning_rate(config.train, e) for e in range(1, 5)]
+    assert rates == pytest.approx([0.002, 0.002 * (1 + 0.5**0.5) / 2, 0.001, 0.002 * (1 - 0.5**0.5) / 2])
+    assert learning_rate(config.train, 5) == pytest.approx(0.0, abs=1e-18)  # where it would be after the last
+
+
 def test_sgd_step_applies_w_minus_alpha_gradient_plus_l1_sign(tiny_config):
     """The update is W − α(∇W + λ·sign(W)), the sign term computed here by hand, biases included on request."""
     l1, lr = 0.01, 0.5
