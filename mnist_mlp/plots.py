@@ -18,7 +18,7 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
 
-from mnist_mlp.config import Config
+from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Split, load_mnist
 from mnist_mlp.errors import UserError
 from mnist_mlp.history import (
@@ -365,16 +365,26 @@ def draw_headline(ax, figures: Headline, config: Config | None, seconds: float |
         lines.append(f"training time         {seconds:.1f} s")
     if config is not None:
         train = config.train
+        momentum = f" (μ {train.momentum:g})" if train.optimizer in ("momentum", "nesterov") else ""
         lines += [
             "",
             f"network     784-{'-'.join(map(str, config.model.hidden))}-10 (init {config.model.init})",
             f"batch size  {train.batch_size}",
-            f"α schedule  {train.learning_rate:g}, × {train.lr_decay:g} every {train.lr_decay_epochs} epochs",
+            f"optimizer   {train.optimizer}{momentum}",
+            f"α schedule  {_schedule(train)}",
             f"L1 λ        {train.l1:g}" + (" (biases too)" if train.l1_biases else ""),
         ]
+        if train.augment_shift:
+            lines.append(f"shifts      up to {train.augment_shift} px in x and y")
     ax.set_axis_off()
     ax.set_title("Headline figures (test set, last epoch)")
     ax.text(0.02, 0.95, "\n".join(lines), family="monospace", fontsize=13, va="top", transform=ax.transAxes)
+
+
+def _schedule(train: TrainConfig) -> str:
+    if train.lr_schedule == "cosine":
+        return f"{train.learning_rate:g}, cosine towards 0 over {train.epochs} epochs"
+    return f"{train.learning_rate:g}, × {train.lr_decay:g} every {train.lr_decay_epochs} epochs"
 
 
 # Predictions for `mnist-mlp plot`.

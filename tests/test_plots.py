@@ -192,3 +192,10 @@ def test_a_real_short_run_keeps_history_errors_equal_to_its_predictions(tmp_path
         mine = labels == digit
         assert last[f"test_error_{digit}"] == pytest.approx(np.mean(predictions[mine] != digit), abs=1e-12)
     assert last["test_accuracy"] == pytest.approx(np.mean(predictions == labels), abs=1e-12)
+
+
+def test_the_summary_page_names_the_schedule_it_ran():
+    step = Config().train
+    cosine = Config().replace(**{"train.lr_schedule": "cosine", "train.epochs": 40, "train.learning_rate": 0.001}).train
+    assert plots._schedule(step) == "0.4, × 0.5 every 3 epochs"
+    assert plots._schedule(cosine) == "0.001, cosine towards 0 over 40 epochs"
