@@ -58,8 +58,21 @@ def test_sgd_step_applies_w_minus_alpha_gradient_plus_l1_sign(tiny_config):
         np.testing.assert_allclose(param.numpy(), want, rtol=1e-6, atol=1e-7)
 
 
-def test_compiled_calls_do_not_retrace_across_steps_or_epochs(tiny_config):
-    trainer = make_trainer(tiny_config)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {
+            "train.optimizer": "adam",
+            "train.learning_rate": 0.003,
+            "train.lr_schedule": "cosine",
+            "train.augment_shift": 2,
+        },
+    ],
+)
+def test_compiled_calls_do_not_retrace_across_steps_or_epochs(tiny_config, settings):
+    """The rate, the epoch and the step are tensor arguments: a new value is not a new graph."""
+    trainer = make_trainer(tiny_config.replace(**settings))
     run_epochs(trainer, 3)  # 10 steps an epoch in calls of 3, 3, 3, 1
     for _ in range(3):
         trainer.train_step(trainer.images[:20], trainer.labels[:20], tf.constant(0.1))
