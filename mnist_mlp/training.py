@@ -41,7 +41,8 @@ class Diverged(Exception):
     def __str__(self) -> str:
         return (
             f"training diverged in epoch {self.epoch} (mean batch loss {self.loss:.4g}) at learning rate "
-            f"{self.learning_rate:g}; lower train.learning_rate or decay it sooner (train.lr_decay_epochs)"
+            f"{self.learning_rate:g}; lower train.learning_rate (or, with the step schedule, decay it sooner: "
+            "train.lr_decay_epochs)"
         )
 
 
