@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from mnist_mlp.augment import epoch_shifts, shift_images
 from mnist_mlp.config import Config
-from mnist_mlp.device import select_device
+from mnist_mlp.device import cpu_device
 from mnist_mlp.training import EpochProgress, Trainer, train_epoch
 from tests.conftest import synthetic_mnist
 
@@ -68,7 +68,7 @@ def test_shifts_are_a_deterministic_draw_from_seed_and_epoch_covering_minus_k_to
 
 
 def make_trainer(config: Config) -> Trainer:
-    return Trainer(config, synthetic_mnist().train, select_device(config.runtime))
+    return Trainer(config, synthetic_mnist().train, cpu_device(config.runtime))
 
 
 def trained_weights(config: Config, epochs: int = 2) -> list[np.ndarray]:
