@@ -85,8 +85,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     report = plot_run(args.dir)
     print(f"plots in {RunDir(args.dir).plots}: {', '.join(p.name for p in report.written)}")
-    if report.skipped:
-        print(f"skipped {' and '.join(report.skipped)}: {report.reason}")
+    for reason in dict.fromkeys(report.skipped.values()):  # one line per reason, in order
+        names = [name for name, why in report.skipped.items() if why == reason]
+        print(f"skipped {' and '.join(names)}: {reason}")
     return 0
 
 

@@ -95,6 +95,12 @@ def forward(model: MLP, X: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
     return H, logits
 
 
+def active_units(H: list[tf.Tensor]) -> list[tf.Tensor]:
+    """For each hidden layer of forward()'s activations, whether each unit fired (H^l > 0) for at least one
+    image of the batch: [N_l] bool. OR-ed over a split's batches, the units it leaves False are dead ReLUs."""
+    return [tf.reduce_any(h > 0, axis=1) for h in H[1:]]
+
+
 def log_softmax(logits: tf.Tensor) -> tf.Tensor:
     """log σ(logits) over the classes (axis 0), stable for any logits: z − logsumexp(z)."""
     return logits - tf.reduce_logsumexp(logits, axis=0, keepdims=True)

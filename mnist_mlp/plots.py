@@ -1,18 +1,22 @@
-"""The report's pictures: loss, accuracy and per-digit error curves, confusion matrix, misclassified digits, summary.
+"""The report's pictures: loss, accuracy and per-digit error curves, confusion matrix, misclassified digits, summary;
+and what the weights learned: the first layer's incoming weights, L1's sparsity, dead ReLU units.
 
 Everything is drawn on the Agg canvas directly (no pyplot, no GUI backend, no global matplotlib state), so it
 works headless and in any thread. The curves need only history.csv; the confusion matrix and the grid of
 misclassified digits also need the test predictions, which a finished run keeps in its folder, and the
-test images, which `mnist-mlp plot DIR` reloads through the run's config.yaml.
+test images, which `mnist-mlp plot DIR` reloads through the run's config.yaml. The weight pictures read the
+weights file the run writes after each epoch (NumPy, so no TensorFlow is needed to draw them).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
@@ -28,15 +32,20 @@ from mnist_mlp.history import (
     EPOCH,
     LEARNING_RATE,
     SECONDS,
+    SPARSITY_THRESHOLD,
     accuracy_column,
+    dead_units_column,
     digit_error_column,
     loss_column,
+    numbered_columns,
+    sparsity_column,
     splits_in,
 )
-from mnist_mlp.results import Listener, RunResult, confusion_matrix
+from mnist_mlp.results import Listener, RunResult, Weights, confusion_matrix
 from mnist_mlp.rundir import RunDir, atomic_write_with
 
 PREDICTION_PLOTS = ("confusion_matrix.png", "misclassified.png")
+WEIGHT_PLOTS = ("weights.png", "sparsity.png")  # need the weights file
 DPI = 110
 # One colour per split, the same in every figure.
 COLOURS = {"train": "tab:blue", "validation": "tab:green", "test": "tab:orange", "batch": "tab:gray"}
@@ -67,11 +76,10 @@ class Headline:
 
 @dataclass
 class PlotReport:
-    """What `plot_run` wrote, and which plots it could not draw and why."""
+    """What `plot_run` wrote, and which plots it could not draw and why ({plot file name: reason})."""
 
     written: list[Path] = field(default_factory=list)
-    skipped: tuple[str, ...] = ()
-    reason: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class PlotWriter(Listener):
@@ -80,7 +88,8 @@ class PlotWriter(Listener):
     def on_finish(self, result: RunResult) -> None:
         predictions = result.final["test"].predictions
         save_predictions(result.run, predictions)
-        write_plots(result.run, result.history, result.mnist.test, predictions, result.config)
+        weights = Weights.of(result.model)
+        write_plots(result.run, result.history, result.mnist.test, predictions, result.config, weights)
 
 
 # Entry points.
@@ -94,17 +103,26 @@ def plot_run(path: Path) -> PlotReport:
     if not run.history_file.is_file():
         raise UserError(f"{run.history_file}: not found; the run has not finished an epoch yet")
     history = run.read_history()
-    config, test, predictions, reason = None, None, None, ""
+    check_history(history, where=str(run.history_file))
+    config, test, predictions, weights, skipped = None, None, None, None, {}
     try:
         config = run.read_config() if run.config_file.is_file() else None
         test, predictions = _reload_predictions(run, config)
     except UserError as exc:
-        reason = str(exc)
+        skipped |= dict.fromkeys(PREDICTION_PLOTS, str(exc))
     try:
-        written = write_plots(run, history, test, predictions, config)
+        weights = Weights.from_arrays(run.read_weights(), where=str(run.weights_file))
+    except UserError as exc:
+        skipped |= dict.fromkeys(WEIGHT_PLOTS, str(exc))
+    if weights is not None and not numbered_columns(history[0], sparsity_column):
+        skipped["sparsity.png"] = f"{run.history_file}: no {sparsity_column(1)} column (an older run)"
+    if not numbered_columns(history[0], dead_units_column):
+        skipped["activations.png"] = f"{run.history_file}: no {dead_units_column(1)} column (an older run)"
+    try:
+        written = write_plots(run, history, test, predictions, config, weights)
     except OSError as exc:
         raise UserError(f"{run.plots}: cannot write the plots ({exc.strerror or exc})") from None
-    return PlotReport(written, () if test is not None else PREDICTION_PLOTS, reason)
+    return PlotReport(written, skipped)
 
 
 def write_plots(
@@ -113,8 +131,10 @@ def write_plots(
     test: Split | None = None,
     predictions: np.ndarray | None = None,
     config: Config | None = None,
+    weights: Weights | None = None,
 ) -> list[Path]:
-    """Draw the curve plots from `history`, and the prediction plots when `test` and `predictions` are given.
+    """Draw the curve plots from `history`, the prediction plots when `test` and `predictions` are given, and
+    the weight plots when `weights` are (sparsity and dead units when the history has their columns).
 
     They go into the run's plots folder; the run folder's name titles every figure.
     """
@@ -128,7 +148,13 @@ def write_plots(
     if test is not None and predictions is not None:
         drawings["confusion_matrix.png"] = lambda: confusion_figure(test.labels, predictions, name)
         drawings["misclassified.png"] = lambda: misclassified_figure(test, predictions, name)
-    drawings["summary.png"] = lambda: summary_figure(history, config, name)
+    if weights is not None:
+        drawings["weights.png"] = lambda: weights_figure(weights, name)
+        if numbered_columns(history[0], sparsity_column):
+            drawings["sparsity.png"] = lambda: sparsity_figure(history, weights, name)
+    if numbered_columns(history[0], dead_units_column):
+        drawings["activations.png"] = lambda: activations_figure(history, name)
+    drawings["summary.png"] = lambda: summary_figure(history, config, name, weights)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, draw in drawings.items():
@@ -302,8 +328,9 @@ def misclassified_figure(test: Split, predictions: np.ndarray, name: str, per_di
     return figure
 
 
-def summary_figure(history: list[dict], config: Config | None, name: str) -> Figure:
-    """One page: loss and accuracy curves, the headline figures, per-digit final errors, learning rate."""
+def summary_figure(history: list[dict], config: Config | None, name: str, weights: Weights | None = None) -> Figure:
+    """One page: loss and accuracy curves, the headline figures, per-digit final errors, the first layer's
+    weights (when given) and the learning rate."""
     figure = new_figure(16, 9)
     grid = figure.add_gridspec(2, 3)
     loss_ax, accuracy_ax, text_ax = (figure.add_subplot(grid[0, i]) for i in range(3))
@@ -313,7 +340,14 @@ def summary_figure(history: list[dict], config: Config | None, name: str) -> Fig
     accuracy_ax.set_title("Accuracy per epoch")
     seconds = float(column(history, SECONDS).sum()) if SECONDS in history[0] else None
     draw_headline(text_ax, headline(history), config, seconds)
-    draw_digit_bars(figure.add_subplot(grid[1, :2]), history)
+    if weights is None:
+        draw_digit_bars(figure.add_subplot(grid[1, :2]), history)
+    else:
+        draw_digit_bars(figure.add_subplot(grid[1, 0]), history)
+        weights_ax = figure.add_subplot(grid[1, 1])
+        image = draw_weights(weights_ax, weights.W[0], unit_ticks=False)
+        weights_ax.set_title(f"Incoming weights of the {weights.W[0].shape[1]} first-layer units")
+        figure.colorbar(image, ax=weights_ax, shrink=0.9, extend="both").set_label("weight")
     draw_learning_rate(figure.add_subplot(grid[1, 2]), history)
     figure.suptitle(f"Run summary — {name}", fontsize=15)
     return figure
@@ -385,6 +419,131 @@ def _schedule(train: TrainConfig) -> str:
     if train.lr_schedule == "cosine":
         return f"{train.learning_rate:g}, cosine towards 0 over {train.epochs} epochs"
     return f"{train.learning_rate:g}, × {train.lr_decay:g} every {train.lr_decay_epochs} epochs"
+
+
+# What the weights learned.
+
+
+def weights_mosaic(W1: np.ndarray, gap: int = 2) -> tuple[np.ndarray, int]:
+    """The columns of W¹ [784, n] as 28×28 tiles, unit k at row k // c and column k % c of a grid c = ⌈√n⌉ wide,
+    with NaN in the `gap` pixels between tiles; and c."""
+    units = W1.shape[1]
+    columns = math.ceil(math.sqrt(units))
+    rows = math.ceil(units / columns)
+    pitch = 28 + gap
+    mosaic = np.full((rows * pitch - gap, columns * pitch - gap), np.nan)
+    for unit in range(units):
+        row, col = divmod(unit, columns)
+        mosaic[row * pitch : row * pitch + 28, col * pitch : col * pitch + 28] = W1[:, unit].reshape(28, 28)
+    return mosaic, columns
+
+
+def symmetric_limit(values: np.ndarray, percentile: float = 99.5) -> float:
+    """A colour scale's ±limit: the `percentile` of |values|, so that a few large weights do not wash out the rest."""
+    limit = float(np.percentile(np.abs(values), percentile))
+    return limit if limit > 0 else 1.0
+
+
+def draw_weights(ax, W1: np.ndarray, unit_ticks: bool = True):
+    """The mosaic of first-layer receptive fields on one diverging scale symmetric about 0 (red +, blue −)."""
+    mosaic, columns = weights_mosaic(W1)
+    limit = symmetric_limit(W1)
+    colours = colormaps["RdBu_r"].with_extremes(bad="0.55")  # grey between the tiles, white = 0
+    image = ax.imshow(mosaic, cmap=colours, vmin=-limit, vmax=limit, interpolation="nearest")
+    if unit_ticks:  # unit number = row label + column label
+        pitch = 30
+        ax.set_xticks(np.arange(columns) * pitch + 13.5, [str(c) for c in range(columns)])
+        rows = math.ceil(W1.shape[1] / columns)
+        ax.set_yticks(np.arange(rows) * pitch + 13.5, [str(r * columns) for r in range(rows)])
+        ax.tick_params(length=0)
+        ax.set_xlabel("unit number = row label + column label")
+    else:
+        ax.set_axis_off()
+    return image
+
+
+def weights_figure(weights: Weights, name: str) -> Figure:
+    W1 = weights.W[0]
+    figure = new_figure(10.5, 9.5)
+    ax = figure.subplots()
+    image = draw_weights(ax, W1)
+    colourbar = figure.colorbar(image, ax=ax, shrink=0.8, extend="both")
+    colourbar.set_label(f"weight (scale clipped at ±{symmetric_limit(W1):.3g}, the 99.5th percentile of |w|)")
+    ax.set_title(
+        f"Incoming weights of the {W1.shape[1]} first-layer units, each as the 28×28 image it responds to\n"
+        f"red: ink on that pixel excites the unit, blue: ink there inhibits it — {name}"
+    )
+    return figure
+
+
+def layer_label(weights: Weights, layer: int) -> str:
+    n_in, n_out = weights.W[layer - 1].shape
+    return f"layer {layer} ({n_in}×{n_out})"
+
+
+def sparsity_figure(history: list[dict], weights: Weights, name: str) -> Figure:
+    """What L1 did: the share of near-zero weights per layer per epoch, and the final weights' distribution."""
+    figure = new_figure(17, 5.5)
+    share_ax, histogram_ax, magnitude_ax = figure.subplots(1, 3)
+    epochs = column(history, EPOCH)
+    layers = range(1, len(weights.W) + 1)
+    for layer, sparsity in zip(layers, numbered_columns(history[0], sparsity_column), strict=False):
+        values = 100 * column(history, sparsity)
+        label = f"{layer_label(weights, layer)}: {values[-1]:.1f}%"
+        share_ax.plot(epochs, values, "o-", ms=3, label=label)
+    share_ax.set_ylabel(f"weights with |w| < {SPARSITY_THRESHOLD:g} (%)")
+    share_ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    share_ax.set_ylim(bottom=0)
+    epoch_axis(share_ax, history)
+    share_ax.legend(loc="best")
+    share_ax.set_title(f"Share of weights near zero (|w| < {SPARSITY_THRESHOLD:g})")
+
+    largest = max(float(np.abs(w).max()) for w in weights.W) or 1.0
+    bins = np.linspace(-largest, largest, 121)
+    smallest = SPARSITY_THRESHOLD / 1e4
+    magnitude_bins = np.logspace(np.log10(smallest), np.log10(max(largest, 10 * SPARSITY_THRESHOLD)), 91)
+    for layer in layers:
+        w = weights.W[layer - 1].ravel()
+        histogram_ax.hist(w, bins=bins, histtype="step", linewidth=1.3, label=layer_label(weights, layer))
+        magnitude_ax.hist(np.clip(np.abs(w), smallest, None), bins=magnitude_bins, histtype="step", linewidth=1.3,
+                          label=layer_label(weights, layer))  # fmt: skip
+    histogram_ax.set_yscale("log")
+    histogram_ax.set_xlabel("weight w")
+    histogram_ax.set_ylabel("number of weights (log scale)")
+    histogram_ax.set_title(f"Final weights (epoch {int(epochs[-1])})")
+    histogram_ax.legend(loc="upper right")
+    magnitude_ax.set_xscale("log")
+    magnitude_ax.set_yscale("log")
+    magnitude_ax.axvline(SPARSITY_THRESHOLD, color="black", linestyle="--", linewidth=1)
+    magnitude_ax.text(SPARSITY_THRESHOLD, 0.97, f" threshold {SPARSITY_THRESHOLD:g}", va="top",
+                      transform=magnitude_ax.get_xaxis_transform())  # fmt: skip
+    magnitude_ax.set_xlabel(f"|w| (log scale; below {smallest:g} counted in the first bin)")
+    magnitude_ax.set_ylabel("number of weights (log scale)")
+    magnitude_ax.set_title("Final weight magnitudes")
+    magnitude_ax.legend(loc="upper left")
+    for ax in (histogram_ax, magnitude_ax):
+        ax.set_ylim(0.7, 10 * ax.get_ylim()[1])  # log headroom: the legend stays clear of the peaks
+        ax.grid(True, alpha=0.3)
+    figure.suptitle(f"What L1 regularization did to the weights (biases not counted) — {name}")
+    return figure
+
+
+def activations_figure(history: list[dict], name: str) -> Figure:
+    """The share of each hidden layer's ReLU units that output 0 on every test image, per epoch."""
+    figure = new_figure(8, 5)
+    ax = figure.subplots()
+    epochs = column(history, EPOCH)
+    for layer, dead in enumerate(numbered_columns(history[0], dead_units_column), 1):
+        values = 100 * column(history, dead)
+        ax.plot(epochs, values, "o-", ms=3, label=f"hidden layer {layer} (last {values[-1]:.1f}%)")
+    ax.set_ylabel("dead units (% of the layer)")
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    top = max(float(np.nanmax(line.get_ydata())) for line in ax.get_lines())
+    ax.set_ylim(0, max(10.0, 1.3 * top))  # a flat 0 % stays readable as "none dead", with room for the legend
+    epoch_axis(ax, history)
+    ax.legend(loc="upper right")
+    ax.set_title(f"Dead ReLU units: 0 on every test image — {name}")
+    return figure
 
 
 # Predictions for `mnist-mlp plot`.

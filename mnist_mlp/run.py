@@ -1,8 +1,8 @@
 """A training run end to end: data, device, epochs, evaluation, convergence, files and checkpoints.
 
 `train_and_evaluate` is what `mnist-mlp train` and every sweep trial call. After each epoch the run
-evaluates train, validation and test, appends a row to history.csv and writes a checkpoint; Ctrl-C or
-SIGTERM finishes the current compiled call, checkpoints mid-epoch and raises Interrupted.
+evaluates train, validation and test, appends a row to history.csv, writes a checkpoint and the weights as NumPy;
+Ctrl-C or SIGTERM finishes the current compiled call, checkpoints mid-epoch and raises Interrupted.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from mnist_mlp.history import (
     LEARNING_RATE,
     SECONDS,
     accuracy_column,
+    dead_units_column,
     digit_error_column,
     loss_column,
+    sparsity_column,
 )
-from mnist_mlp.results import Evaluation, Listener, RunResult, headline_metrics
+from mnist_mlp.results import Evaluation, Listener, RunResult, Weights, headline_metrics
 from mnist_mlp.rundir import CheckpointState, RunDir
 from mnist_mlp.training import (
     Diverged,
@@ -110,8 +112,11 @@ def converged(history: list[dict], config: TrainConfig) -> bool:
     return since >= config.patience
 
 
-def epoch_row(epoch: int, lr: float, progress: EpochProgress, evaluations: dict[str, Evaluation]) -> dict:
-    """One history.csv row: the epoch's training time and loss, then each split's figures and per-digit errors."""
+def epoch_row(
+    epoch: int, lr: float, progress: EpochProgress, evaluations: dict[str, Evaluation], weights: Weights
+) -> dict:
+    """One history.csv row: the epoch's training time and loss, each split's figures and per-digit errors, then
+    each layer's share of near-zero weights and each hidden layer's share of units dead on the test set."""
     row = {
         EPOCH: epoch,
         LEARNING_RATE: lr,
@@ -122,6 +127,8 @@ def epoch_row(epoch: int, lr: float, progress: EpochProgress, evaluations: dict[
         row[loss_column(split)], row[accuracy_column(split)] = ev.loss, ev.accuracy
     for split in DIGIT_ERROR_SPLITS:
         row.update({digit_error_column(split, d): float(e) for d, e in enumerate(evaluations[split].per_digit_error)})
+    row.update({sparsity_column(layer): s for layer, s in enumerate(weights.sparsity(), 1)})
+    row.update({dead_units_column(layer): d for layer, d in enumerate(evaluations["test"].dead_units, 1)})
     return row
 
 
@@ -197,13 +204,15 @@ def train_and_evaluate(
                     run.save_checkpoint(trainer.model, state, optimizer=trainer.optimizer)
                 raise Interrupted.at(stop.signum, run, progress)
             lr = learning_rate(config.train, progress.epoch)
-            final = _evaluate(trainer, splits)
-            history.append(epoch_row(progress.epoch, lr, progress, final))
+            final, weights = _evaluate(trainer, splits), Weights.of(trainer.model)
+            history.append(epoch_row(progress.epoch, lr, progress, final, weights))
             run.write_history(history)
             position = CheckpointState(progress.epoch, 0, 0.0, 0.0)
             run.save_checkpoint(trainer.model, position, best=is_best(history), optimizer=trainer.optimizer)
+            run.write_weights(weights.to_arrays())
             for listener in listeners:
                 listener.on_epoch(history[-1])
+                listener.on_weights(progress.epoch, weights)
             if converged(history, config.train):
                 status = "converged"
                 break

@@ -14,10 +14,13 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+
+import numpy as np
 
 from mnist_mlp.config import Config, from_dict, save_config
 from mnist_mlp.errors import UserError
@@ -38,6 +41,7 @@ PLOTS = "plots"  # the report's plots (plots.py)
 TENSORBOARD = "tb"  # TensorBoard logs (tensorboard.py)
 SAVED_MODEL = "saved_model"  # the served model (export.py)
 PREDICTIONS_FILE = "test_predictions.npy"  # the predicted digit of each test image, to redraw the plots
+WEIGHTS_FILE = "weights.npz"  # the weights after the last finished epoch as NumPy, to draw them without TensorFlow
 
 
 def atomic_write_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -102,6 +106,7 @@ class RunDir:
         self.tensorboard = self.path / TENSORBOARD
         self.saved_model = self.path / SAVED_MODEL
         self.test_predictions_file = self.path / PREDICTIONS_FILE
+        self.weights_file = self.path / WEIGHTS_FILE
 
     @property
     def run_files(self) -> tuple[Path, ...]:
@@ -112,7 +117,7 @@ class RunDir:
     def outputs(self) -> tuple[Path, ...]:
         """Everything a run writes into its folder: what --overwrite removes."""
         folders = (self.checkpoints, self.plots, self.tensorboard, self.saved_model)
-        return *self.run_files, *folders, self.test_predictions_file
+        return *self.run_files, *folders, self.test_predictions_file, self.weights_file
 
     @classmethod
     def create(cls, path: Path | None, name: str, overwrite: bool = False) -> RunDir:
@@ -181,6 +186,20 @@ class RunDir:
     def read_metrics(self) -> dict:
         """metrics.json as written (raises OSError when absent, ValueError when malformed)."""
         return json.loads(self.metrics_file.read_text())
+
+    def write_weights(self, arrays: dict[str, np.ndarray]) -> None:
+        """Named arrays (results.Weights.to_arrays) into the weights file, uncompressed (about 0.4 MB)."""
+        atomic_write_with(self.weights_file, lambda file: np.savez(file, **arrays))
+
+    def read_weights(self) -> dict[str, np.ndarray]:
+        """The weights file's arrays by name; UserError when it is missing or unreadable."""
+        if not self.weights_file.is_file():
+            raise UserError(f"{self.weights_file}: not found (written after each epoch)")
+        try:
+            with np.load(self.weights_file, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            raise UserError(f"{self.weights_file}: not a readable .npz file") from None
 
     # Checkpoints: complete folders renamed into place, and state.json (atomic) naming the last and best.
 

@@ -2,7 +2,8 @@
 
 One writer per split (DIR/tb/train, DIR/tb/validation, DIR/tb/test) with the same tags, so TensorBoard draws
 train and test on one chart: loss, accuracy and per_digit_error/digit_0 … digit_9, as in the report's plots.
-The learning rate, the mean mini-batch loss and the epoch's training time go to the train writer.
+The learning rate, the mean mini-batch loss and the epoch's training time go to the train writer, and so do
+the histograms of each layer's weights and biases (weights/layer_1, biases/layer_1, ...), which show L1 at work.
 `tensorboard --logdir runs` shows every run under runs/.
 """
 
@@ -23,7 +24,7 @@ from mnist_mlp.history import (
     loss_column,
     splits_in,
 )
-from mnist_mlp.results import Listener, RunResult
+from mnist_mlp.results import Listener, RunResult, Weights
 
 
 def epoch_scalars(row: dict) -> dict[str, dict[str, float]]:
@@ -58,6 +59,14 @@ class TensorBoardWriter(Listener):
                 for tag, value in tags.items():
                     tf.summary.scalar(tag, float(value))
             writer.flush()
+
+    def on_weights(self, epoch: int, weights: Weights) -> None:
+        writer = self._writer("train")
+        with writer.as_default(step=epoch):
+            for layer, (w, w0) in enumerate(zip(weights.W, weights.W0, strict=True), 1):
+                tf.summary.histogram(f"weights/layer_{layer}", w)
+                tf.summary.histogram(f"biases/layer_{layer}", w0)
+        writer.flush()
 
     def on_finish(self, result: RunResult) -> None:
         for writer in self.writers.values():

@@ -24,7 +24,7 @@ from mnist_mlp.data import Split
 from mnist_mlp.device import Device, as_computed_on
 from mnist_mlp.errors import ConfigError
 from mnist_mlp.gradients import loss_gradients
-from mnist_mlp.model import MLP, cross_entropy, forward, one_hot_columns, to_columns
+from mnist_mlp.model import MLP, active_units, cross_entropy, forward, one_hot_columns, to_columns
 from mnist_mlp.optimizers import make_optimizer
 from mnist_mlp.results import Evaluation, confusion_matrix
 
@@ -141,23 +141,26 @@ class Trainer:
             return float(self.train_steps(self.images, self.labels, order, *args))
 
     def evaluate(self, images: tf.Tensor, labels: tf.Tensor) -> Evaluation:
-        """Mean loss and confusion matrix over a split held on the device."""
-        total, predictions = 0.0, []
+        """Mean loss, confusion matrix and the hidden units ever active, over a split held on the device."""
+        total, predictions, active = 0.0, [], None
         for start in range(0, int(labels.shape[0]), EVAL_CHUNK):
-            loss_sum, predicted = self.evaluate_chunk(
+            loss_sum, predicted, chunk_active = self.evaluate_chunk(
                 images[start : start + EVAL_CHUNK], labels[start : start + EVAL_CHUNK]
             )
             total += float(loss_sum)
             predictions.append(predicted.numpy())
+            chunk_active = [a.numpy() for a in chunk_active]
+            active = chunk_active if active is None else [a | b for a, b in zip(active, chunk_active, strict=True)]
         truth, predicted = labels.numpy(), np.concatenate(predictions)
-        return Evaluation(total / len(truth), predicted, confusion_matrix(truth, predicted))
+        return Evaluation(total / len(truth), predicted, confusion_matrix(truth, predicted), tuple(active or ()))
 
-    def _evaluate_chunk(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _evaluate_chunk(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
         with tf.device(self.device.name):
             y = one_hot_columns(labels)
-            _, logits = forward(self.model, to_columns(images))
+            H, logits = forward(self.model, to_columns(images))
             M = tf.cast(tf.shape(labels)[0], tf.float32)
-            return cross_entropy(logits, y) * M, tf.argmax(logits, axis=0, output_type=tf.int32)
+            predicted = tf.argmax(logits, axis=0, output_type=tf.int32)
+            return cross_entropy(logits, y) * M, predicted, active_units(H)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mnist_mlp import training
 from mnist_mlp.config import Config
 from mnist_mlp.device import available_gpu, cpu_device, require_gpu
 from mnist_mlp.gradients import backprop
@@ -148,6 +149,37 @@ def test_confusion_matrix_and_per_digit_error():
     ev = Evaluation(0.0, predicted, matrix)
     assert ev.accuracy == pytest.approx(4 / 6)
     np.testing.assert_allclose(ev.per_digit_error[:3], [0.5, 1 / 3, 0.0])
+
+
+def test_dead_units_are_the_units_zero_on_every_image_counted_across_chunks(tiny_config, monkeypatch):
+    """A fixed small case: units made dead by a large negative bias, one unit alive only for the last image (in
+    the last chunk), one only for the first (blank) image, the rest alive. Evaluation equals a direct NumPy
+    forward pass and count."""
+    monkeypatch.setattr(training, "EVAL_CHUNK", 7)  # 30 images in chunks of 7, 7, 7, 7, 2: the OR crosses chunks
+    trainer = make_trainer(tiny_config)
+    images = np.zeros((30, 784), np.uint8)
+    images[:, :392] = np.arange(30, dtype=np.uint8)[:, None] * 8  # brighter down the set
+    labels = np.arange(30, dtype=np.uint8) % 10
+    W1, W01 = trainer.model.W[0], trainer.model.W0[0]
+    top = np.full((392, 16), 0.001, np.float32)
+    top[:, 9] = -0.001
+    W1.assign(np.concatenate([top, np.full((392, 16), -1.0, np.float32)]))  # only the top half has ink
+    bias = np.full((16, 1), 0.5, np.float32)
+    bias[[2, 5, 11]] = -100.0  # dead: W1ᵀx ≤ 392 · 0.001 · 232/255 < 100 for every image
+    bias[7] = -0.001 * 392 * 29 * 8 / 255 + 1e-3  # fires for the brightest (last) image only
+    bias[9] = 1e-3  # fires for the blank first image only (its weights are negative)
+    W01.assign(bias)
+    evaluation = trainer.evaluate(tf.constant(images), tf.constant(labels))
+
+    X = images.T.astype(np.float32) / 255
+    H1 = np.maximum(0, W1.numpy().T @ X + W01.numpy())
+    H2 = np.maximum(0, trainer.model.W[1].numpy().T @ H1 + trainer.model.W0[1].numpy())
+    direct = [np.count_nonzero(~(H > 0).any(axis=1)) / H.shape[0] for H in (H1, H2)]
+    assert evaluation.dead_units == pytest.approx(direct, abs=1e-12)
+    assert evaluation.dead_units[0] == 3 / 16  # 2, 5 and 11; unit 7 is alive through the last chunk alone
+    assert evaluation.active[0][7] and H1[7, -1] > 0 and not H1[7, :-1].any()
+    assert evaluation.active[0][9] and H1[9, 0] > 0 and not H1[9, 1:].any()
+    assert [a.shape for a in evaluation.active] == [(16,), (12,)]
 
 
 def test_gpu_request_without_a_gpu_is_a_clear_error():
