@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.histogram.metadata import create_summary_metadata
 
 from mnist_mlp.history import (
     BATCH_LOSS,
@@ -25,6 +27,8 @@ from mnist_mlp.history import (
     splits_in,
 )
 from mnist_mlp.results import Listener, RunResult, Weights
+
+HISTOGRAM_METADATA = create_summary_metadata(display_name=None, description=None)  # marks a record as a histogram
 
 
 def epoch_scalars(row: dict) -> dict[str, dict[str, float]]:
@@ -43,6 +47,19 @@ def epoch_scalars(row: dict) -> dict[str, dict[str, float]]:
         "epoch_seconds": row[SECONDS],
     }
     return scalars
+
+
+def histogram_buckets(values: np.ndarray, buckets: int = 30) -> np.ndarray:
+    """[buckets, 3] rows of (left edge, right edge, count) over equal-width buckets from min to max: TensorBoard's
+    histogram format, as tf.summary.histogram makes it."""
+    counts, edges = np.histogram(values, bins=buckets)
+    return np.stack([edges[:-1], edges[1:], counts], axis=1)
+
+
+def write_histogram(tag: str, values: np.ndarray) -> None:
+    """tf.summary.histogram's record with the buckets counted by NumPy: TensorFlow's own op one-hot encodes every
+    value (a 78400 × 30 matrix for W¹) and takes about 50 ms a layer, NumPy about 1 ms."""
+    tf.summary.write(tag, tf.constant(histogram_buckets(values), tf.float64), metadata=HISTOGRAM_METADATA)
 
 
 class TensorBoardWriter(Listener):
@@ -64,8 +81,8 @@ class TensorBoardWriter(Listener):
         writer = self._writer("train")
         with writer.as_default(step=epoch):
             for layer, (w, w0) in enumerate(zip(weights.W, weights.W0, strict=True), 1):
-                tf.summary.histogram(f"weights/layer_{layer}", w)
-                tf.summary.histogram(f"biases/layer_{layer}", w0)
+                write_histogram(f"weights/layer_{layer}", w)
+                write_histogram(f"biases/layer_{layer}", w0)
         writer.flush()
 
     def on_finish(self, result: RunResult) -> None:

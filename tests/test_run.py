@@ -115,6 +115,10 @@ def test_run_writes_its_files_and_keeps_last_and_best_checkpoints(tmp_path, conf
     assert pointers["best"] == f"epoch-{best_epoch:04d}"
     assert sorted(p.name for p in run.checkpoints.iterdir()) == sorted({*pointers.values(), "state.json"})
     assert result.metrics["best_epoch"] == best_epoch
+    saved = run.read_weights()  # the last epoch's weights as NumPy, named as the checkpoint names them
+    for name, checkpointed in zip(saved, final_weights(run, config), strict=True):
+        np.testing.assert_array_equal(saved[name], checkpointed)
+    assert list(saved) == ["W1", "W0_1", "W2", "W0_2", "W3", "W0_3"]
 
 
 def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, config):
@@ -125,7 +129,7 @@ def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, config):
         RunDir.create(tmp_path / "run", "t")
     assert run.history_file.read_text() == before
     RunDir.create(tmp_path / "run", "t", overwrite=True)
-    assert not run.history_file.exists()
+    assert not run.history_file.exists() and not run.weights_file.exists()
 
 
 def test_resume_refuses_a_finished_run_and_a_folder_that_is_not_a_run(tmp_path, config):
