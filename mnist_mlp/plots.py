@@ -20,7 +20,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator, PercentFormatter
 
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Split, load_mnist
@@ -153,7 +153,8 @@ def write_plots(
         if numbered_columns(history[0], sparsity_column):
             drawings["sparsity.png"] = lambda: sparsity_figure(history, weights, name)
     if numbered_columns(history[0], dead_units_column):
-        drawings["activations.png"] = lambda: activations_figure(history, name)
+        hidden = config.model.hidden if config is not None else None
+        drawings["activations.png"] = lambda: activations_figure(history, name, hidden)
     drawings["summary.png"] = lambda: summary_figure(history, config, name, weights)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -492,7 +493,7 @@ def sparsity_figure(history: list[dict], weights: Weights, name: str) -> Figure:
         label = f"{layer_label(weights, layer)}: {values[-1]:.1f}%"
         share_ax.plot(epochs, values, "o-", ms=3, label=label)
     share_ax.set_ylabel(f"weights with |w| < {SPARSITY_THRESHOLD:g} (%)")
-    share_ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    share_ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
     share_ax.set_ylim(bottom=0)
     epoch_axis(share_ax, history)
     share_ax.legend(loc="best")
@@ -503,45 +504,57 @@ def sparsity_figure(history: list[dict], weights: Weights, name: str) -> Figure:
     smallest = SPARSITY_THRESHOLD / 1e4
     magnitude_bins = np.logspace(np.log10(smallest), np.log10(max(largest, 10 * SPARSITY_THRESHOLD)), 91)
     for layer in layers:
-        w = weights.W[layer - 1].ravel()
-        histogram_ax.hist(w, bins=bins, histtype="step", linewidth=1.3, label=layer_label(weights, layer))
-        magnitude_ax.hist(np.clip(np.abs(w), smallest, None), bins=magnitude_bins, histtype="step", linewidth=1.3,
-                          label=layer_label(weights, layer))  # fmt: skip
-    histogram_ax.set_yscale("log")
+        w, label = weights.W[layer - 1].ravel(), layer_label(weights, layer)
+        histogram_ax.stairs(np.histogram(w, bins)[0], bins, linewidth=1.3, label=label)
+        magnitudes = np.clip(np.abs(w), smallest, None)
+        magnitude_ax.stairs(np.histogram(magnitudes, magnitude_bins)[0], magnitude_bins, linewidth=1.3, label=label)
     histogram_ax.set_xlabel("weight w")
-    histogram_ax.set_ylabel("number of weights (log scale)")
     histogram_ax.set_title(f"Final weights (epoch {int(epochs[-1])})")
     histogram_ax.legend(loc="upper right")
     magnitude_ax.set_xscale("log")
-    magnitude_ax.set_yscale("log")
+    plain_log_axis(magnitude_ax.xaxis)
     magnitude_ax.axvline(SPARSITY_THRESHOLD, color="black", linestyle="--", linewidth=1)
     magnitude_ax.text(SPARSITY_THRESHOLD, 0.97, f" threshold {SPARSITY_THRESHOLD:g}", va="top",
                       transform=magnitude_ax.get_xaxis_transform())  # fmt: skip
     magnitude_ax.set_xlabel(f"|w| (log scale; below {smallest:g} counted in the first bin)")
-    magnitude_ax.set_ylabel("number of weights (log scale)")
     magnitude_ax.set_title("Final weight magnitudes")
     magnitude_ax.legend(loc="upper left")
     for ax in (histogram_ax, magnitude_ax):
+        ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
         ax.set_ylim(0.7, 10 * ax.get_ylim()[1])  # log headroom: the legend stays clear of the peaks
+        ax.set_ylabel("number of weights (log scale)")
         ax.grid(True, alpha=0.3)
     figure.suptitle(f"What L1 regularization did to the weights (biases not counted) — {name}")
     return figure
 
 
-def activations_figure(history: list[dict], name: str) -> Figure:
-    """The share of each hidden layer's ReLU units that output 0 on every test image, per epoch."""
+def plain_log_axis(axis) -> None:
+    """A log axis labelled 1e-06 … 0.1, 1, 10, … at the decades only: readable, and far cheaper to draw than
+    matplotlib's default minor ticks and math-text labels."""
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+
+
+def activations_figure(history: list[dict], name: str, hidden: list[int] | None = None) -> Figure:
+    """The share of each hidden layer's ReLU units that output 0 on every test image, per epoch; with the layer
+    sizes (`hidden`), the legend also counts them."""
     figure = new_figure(8, 5)
     ax = figure.subplots()
     epochs = column(history, EPOCH)
+    styles = ("o-", "s--", "^:", "D-.")  # distinct, as the layers' lines often lie on top of each other at 0 %
     for layer, dead in enumerate(numbered_columns(history[0], dead_units_column), 1):
         values = 100 * column(history, dead)
-        ax.plot(epochs, values, "o-", ms=3, label=f"hidden layer {layer} (last {values[-1]:.1f}%)")
+        last = f"{values[-1]:.1f}%"
+        if hidden and layer <= len(hidden):
+            last = f"{round(values[-1] / 100 * hidden[layer - 1])} of {hidden[layer - 1]} units, {last}"
+        ax.plot(epochs, values, styles[(layer - 1) % len(styles)], ms=4, label=f"hidden layer {layer}: {last} dead")
     ax.set_ylabel("dead units (% of the layer)")
-    ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
-    top = max(float(np.nanmax(line.get_ydata())) for line in ax.get_lines())
-    ax.set_ylim(0, max(10.0, 1.3 * top))  # a flat 0 % stays readable as "none dead", with room for the legend
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
+    top = max(10.0, 1.3 * max(float(np.nanmax(line.get_ydata())) for line in ax.get_lines()))
+    ax.set_ylim(-0.02 * top, top)  # a line at 0 % shows above the axis; the legend has room at the top
     epoch_axis(ax, history)
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper right", title="after the last epoch")
     ax.set_title(f"Dead ReLU units: 0 on every test image — {name}")
     return figure
 
