@@ -47,6 +47,7 @@ from mnist_mlp.rundir import RunDir, atomic_write_with
 PREDICTION_PLOTS = ("confusion_matrix.png", "misclassified.png")
 WEIGHT_PLOTS = ("weights.png", "sparsity.png")  # need the weights file
 DPI = 110
+TILE_GAP = 2  # pixels between the 28×28 tiles of weights.png
 # One colour per split, the same in every figure.
 COLOURS = {"train": "tab:blue", "validation": "tab:green", "test": "tab:orange", "batch": "tab:gray"}
 REQUIRED_COLUMNS = (
@@ -425,7 +426,7 @@ def _schedule(train: TrainConfig) -> str:
 # What the weights learned.
 
 
-def weights_mosaic(W1: np.ndarray, gap: int = 2) -> tuple[np.ndarray, int]:
+def weights_mosaic(W1: np.ndarray, gap: int = TILE_GAP) -> tuple[np.ndarray, int]:
     """The columns of W¹ [784, n] as 28×28 tiles, unit k at row k // c and column k % c of a grid c = ⌈√n⌉ wide,
     with NaN in the `gap` pixels between tiles; and c."""
     units = W1.shape[1]
@@ -452,7 +453,7 @@ def draw_weights(ax, W1: np.ndarray, unit_ticks: bool = True):
     colours = colormaps["RdBu_r"].with_extremes(bad="0.55")  # grey between the tiles, white = 0
     image = ax.imshow(mosaic, cmap=colours, vmin=-limit, vmax=limit, interpolation="nearest")
     if unit_ticks:  # unit number = row label + column label
-        pitch = 30
+        pitch = 28 + TILE_GAP
         ax.set_xticks(np.arange(columns) * pitch + 13.5, [str(c) for c in range(columns)])
         rows = math.ceil(W1.shape[1] / columns)
         ax.set_yticks(np.arange(rows) * pitch + 13.5, [str(r * columns) for r in range(rows)])
@@ -464,6 +465,7 @@ def draw_weights(ax, W1: np.ndarray, unit_ticks: bool = True):
 
 
 def weights_figure(weights: Weights, name: str) -> Figure:
+    """weights.png: every first-layer unit's incoming weights as a 28×28 image, with the colour scale."""
     W1 = weights.W[0]
     figure = new_figure(10.5, 9.5)
     ax = figure.subplots()
