@@ -214,7 +214,7 @@ def test_the_plot_code_needs_no_tensorflow(finished_run):
         from tests.conftest import synthetic_mnist
         plots.load_mnist = lambda data_config: synthetic_mnist(n_train=200, n_test=120, n_validation=40)
         report = plots.plot_run({str(run.path)!r})
-        assert not report.skipped, report.reason
+        assert not report.skipped, report.skipped
         loaded = [m for m in ("tensorflow", "mnist_mlp.training", "mnist_mlp.run") if m in sys.modules]
         assert not loaded, loaded
     """)
