@@ -162,10 +162,13 @@ class RunDir:
         save_config(config, self.config_file)
 
     def write_history(self, rows: list[dict]) -> None:
+        """Every column any row has; a row without one (an epoch written by an older version, then resumed) gets
+        nan there."""
         if not rows:
             return
+        columns = list(dict.fromkeys(name for row in rows for name in row))
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="nan", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write(self.history_file, buffer.getvalue())

@@ -18,6 +18,7 @@ from mnist_mlp.cli import main
 from mnist_mlp.config import Config
 from mnist_mlp.errors import UserError
 from mnist_mlp.model import MLP
+from mnist_mlp.plots import plot_run
 from mnist_mlp.results import Listener
 from mnist_mlp.run import Interrupted, converged, train_and_evaluate
 from mnist_mlp.rundir import RunDir
@@ -130,6 +131,21 @@ def test_an_existing_run_is_not_overwritten_unless_asked(tmp_path, config):
     assert run.history_file.read_text() == before
     RunDir.create(tmp_path / "run", "t", overwrite=True)
     assert not run.history_file.exists() and not run.weights_file.exists()
+
+
+def test_a_run_from_before_the_weight_columns_resumes_with_nan_in_its_old_rows(tmp_path, config):
+    """history.csv from an older version (no sparsity_l, dead_units_l), interrupted at an epoch boundary: the
+    resumed epochs add the columns, the old rows hold nan there, and the history still reads and plots."""
+    run = RunDir.create(tmp_path / "run", "t")
+    mnist = synthetic_mnist()
+    with pytest.raises(Interrupted):
+        train_and_evaluate(config, run, [RaiseSignalAt(1, 10)], mnist=mnist)
+    new_columns = ("sparsity_", "dead_units_")
+    run.write_history([{k: v for k, v in row.items() if not k.startswith(new_columns)} for row in run.read_history()])
+    history = train_and_evaluate(config, run, resume=True, mnist=mnist).history
+    assert run.read_history()[0]["sparsity_1"] != run.read_history()[0]["sparsity_1"]  # nan
+    assert [row["epoch"] for row in history] == [1, 2, 3] and 0 <= run.read_history()[-1]["dead_units_2"] <= 1
+    assert "sparsity.png" in [p.name for p in plot_run(run.path).written]
 
 
 def test_resume_refuses_a_finished_run_and_a_folder_that_is_not_a_run(tmp_path, config):
