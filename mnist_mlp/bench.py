@@ -43,18 +43,18 @@ from mnist_mlp.bench_runners import (
 )
 from mnist_mlp.config import Config, DataConfig
 from mnist_mlp.data import DATA_DIR_ENV, Split, load_mnist, tfds_cached
-from mnist_mlp.device import Device
+from mnist_mlp.device import CPU, STANDIN_ENV, STANDIN_GPU, Device, available_gpu, standin_mode
 from mnist_mlp.errors import UserError
+from mnist_mlp.gpu_check import CHECK_RTOL, CHECK_STEPS, losses_agree
 from mnist_mlp.model import MLP
 from mnist_mlp.rundir import atomic_write
 from mnist_mlp.training import Trainer
 
 EPOCH_IMAGES = 60000  # seconds per epoch are quoted for MNIST's full training set
-# Two loss checks against the CPU fast path, each tolerating a difference of rtol × max(loss, 1). After a few
-# steps implementations differ only by float32 summation order (~1e-7): a tight check catches a wrong kernel.
-# Over an epoch SGD amplifies those roundings (about 1% at batch 50), so the check after the timed steps is
-# loose: it catches a device that drifts off or returns garbage.
-CHECK_STEPS, CHECK_RTOL = 10, 1e-4
+# Two loss checks against the CPU fast path, each tolerating a difference of rtol × max(loss, 1). After
+# CHECK_STEPS steps, the GPU self-check's rule (gpu_check.py says why CHECK_RTOL suffices): a tight check that
+# catches a wrong kernel. Over an epoch SGD amplifies float32 roundings (about 1% at batch 50), so the check
+# after the timed steps is loose: it catches a device that drifts off or returns garbage.
 FINAL_RTOL = 5e-2
 EVAL_IMAGES = 10000  # images of the common loss check
 
@@ -191,13 +191,9 @@ def measure(device: str, runner: Runner, batch: int, steps: int, repeats: int, y
 
 
 def tf_devices() -> list[Device]:
-    """Every device TensorFlow lists: the CPU, then each GPU (Metal on an M1)."""
-    devices = []
-    for logical in tf.config.list_logical_devices():
-        if logical.device_type in ("CPU", "GPU"):
-            kind = logical.device_type.lower()
-            devices.append(Device(logical.name.replace("/device:", "/"), kind, jit_compile=False))
-    return sorted(devices, key=lambda d: d.kind != "cpu")  # the CPU first: its fast path is the reference
+    """The CPU, then the project's GPU if there is one (Metal on an M1, or the stand-in)."""
+    gpu = available_gpu()
+    return [Device(CPU, "cpu", jit_compile=False)] + ([Device(gpu, "gpu", jit_compile=False)] if gpu else [])
 
 
 def short_name(device: str) -> str:
@@ -284,11 +280,6 @@ def finish_batch(results: list[Result], matmul: dict[str, float], flops: int) ->
     fastest = max(r.images_per_second["median"] for r in results)
     for r in results:
         r.relative_to_fastest = r.images_per_second["median"] / fastest
-
-
-def losses_agree(loss: float, reference: float, rtol: float) -> bool:
-    """Whether a loss matches the reference's within rtol × max(loss, 1): float32 noise, not a wrong result."""
-    return bool(np.isfinite(loss) and abs(loss - reference) <= rtol * max(abs(reference), 1.0))
 
 
 def mismatches(results: list[Result]) -> list[str]:
@@ -541,6 +532,8 @@ def bench(
     say(f"bench data: {source} ({len(train):,} images); {options.repeats} timed repeats of "
         f"{min(options.images_per_repeat, len(train)):,} images per implementation and batch size")  # fmt: skip
     devices = tf_devices()
+    if standin_mode():
+        say(f"GPU rows: {short_name(STANDIN_GPU)}, the stand-in GPU ({STANDIN_ENV}={standin_mode()})")
     results, context = run_bench(train, options, say)
     env = environment(devices)
     data = {"source": source, "synthetic": synthetic, "images": len(train)}

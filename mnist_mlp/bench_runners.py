@@ -80,7 +80,7 @@ class FastPath(TrainerRunner):
     def train(self, steps: int) -> None:
         per_call = self.trainer.config.train.steps_per_call
         for first in range(0, steps, per_call):
-            self.trainer.run_steps(self.order, first, min(per_call, steps - first), self.lr)
+            self.trainer.run_steps(self.order, first, min(per_call, steps - first), self.lr, epoch=1)
 
 
 class StepPath(TrainerRunner):

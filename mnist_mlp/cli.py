@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mnist_mlp import import_tensorflow_quietly
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import GpuMismatch, UserError
 
 if TYPE_CHECKING:
     from mnist_mlp.config import Config
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 EXIT_USER_ERROR = 2
 EXIT_TRAINING_FAILED = 1  # train: the loss diverged, or memory ran out
+EXIT_GPU_MISMATCH = 1  # the GPU failed its self-check: the machine's fault, not the input's
+EXIT_PROBLEMS_FOUND = 1  # doctor found something wrong
 EXIT_SOME_FILES_FAILED = 1  # predict: some images could not be classified (the others were)
 EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a different loss
 
@@ -43,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import_tensorflow_quietly()
     from mnist_mlp.run import plan_run
 
-    plan = plan_run(config, mnist)  # device, batch count, memory of the model's tensors
+    plan = plan_run(config, mnist)  # device (the GPU's self-check), batch count, memory of the model's tensors
     # 2. The run folder (a new run), then 3. training.
     if not args.resume:
         name = Path(args.config).stem if args.config else "default"
@@ -81,6 +83,11 @@ def resumed_config(run: RunDir, args: argparse.Namespace) -> Config:
         key, value = parse_override(item)
         if key != "train.epochs":
             raise UserError(f"--set {item}: only train.epochs can change when resuming (to continue a run)")
+        if config.train.lr_schedule == "cosine" and value != config.train.epochs:
+            raise UserError(
+                f"--set {item}: the run uses train.lr_schedule=cosine, whose rate follows train.epochs; "
+                "continued, it would not equal a straight run of that length (train anew instead)"
+            )
         config = config.replace(**{key: value})
     if args.data_dir:
         config = config.replace(**{"data.dir": str(args.data_dir), "data.tfds_version": None})
@@ -151,8 +158,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     report = plot_run(args.dir, args.data_dir)
     print(f"plots in {RunDir(args.dir).plots}: {', '.join(p.name for p in report.written)}")
-    if report.skipped:
-        print(f"skipped {' and '.join(report.skipped)}: {report.reason}")
+    for reason in dict.fromkeys(report.skipped.values()):  # one line per reason, in order
+        names = [name for name, why in report.skipped.items() if why == reason]
+        print(f"skipped {' and '.join(names)}: {reason}")
     return 0
 
 
@@ -208,6 +216,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(json.dumps(document, indent=2) if args.json else report(document))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}", file=sys.stderr)
     return EXIT_BENCH_MISMATCH if document["mismatches"] else 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from mnist_mlp.doctor import diagnose, format_report
+
+    report = diagnose(args.data_dir)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return EXIT_PROBLEMS_FOUND if report["problems"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--overwrite", action="store_true", help="replace an earlier bench.json in --out")
     bench.add_argument("--json", action="store_true", help="print bench.json instead of the table")
     bench.set_defaults(handler=cmd_bench)
+
+    doctor = commands.add_parser("doctor", help="check versions, devices, data and the GPU; recommend a device")
+    doctor.add_argument("--data-dir", type=Path, metavar="PATH", help="MNIST IDX folder to check (default: as train)")
+    doctor.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    doctor.set_defaults(handler=cmd_doctor)
     return parser
 
 
@@ -284,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         import_tensorflow_quietly()
     try:
         return args.handler(args)
+    except GpuMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_GPU_MISMATCH
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -86,13 +86,24 @@ class TrainConfig:
     divergence_loss: float = field(default=50.0, metadata=_positive())
     # Mini-batches per compiled call: one call runs this many SGD steps inside the graph.
     steps_per_call: int = field(default=200, metadata=_positive("integer"))
+    # How the gradient g = ∇W + λ·sign(W) moves the weights (optimizers.py): sgd (the report's W ← W − αg),
+    # momentum, nesterov (both with `momentum` μ) or adam (with beta1, beta2, epsilon), as Keras defines them.
+    optimizer: Literal["sgd", "momentum", "nesterov", "adam"] = "sgd"
+    momentum: float = field(default=0.9, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    beta1: float = field(default=0.9, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    beta2: float = field(default=0.999, metadata=_rule(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    epsilon: float = field(default=1e-7, metadata=_positive())
+    # step: the step decay above; cosine: α·½(1 + cos(π(e − 1)/epochs)) for epoch e, from α towards 0.
+    lr_schedule: Literal["step", "cosine"] = "step"
+    # Shift each training image by a random whole number of pixels in −k…k in x and y (zero fill); 0: off.
+    augment_shift: int = field(default=0, metadata=_rule(lambda v: 0 <= v <= 27, "must be in [0, 27]"))
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     # auto: the GPU (Metal on an M1) when TensorFlow lists one, else the CPU.
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    # XLA for the compiled training calls: auto leaves it off (see device.select_device); never on Metal.
+    # XLA for the compiled training calls: auto leaves it off (see device.cpu_device); never on Metal.
     jit_compile: bool | Literal["auto"] = "auto"
     # TensorFlow intra-op threads; 0: TensorFlow's default (all cores).
     threads: int = field(default=0, metadata=_non_negative())

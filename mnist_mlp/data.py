@@ -82,9 +82,8 @@ class Mnist:
 
 
 def load_mnist(config: DataConfig) -> Mnist:
-    """Load MNIST as the config says: the IDX folder data.dir, else TFDS if the config recorded a TFDS
-    version, else $MNIST_MLP_DATA_DIR, else TFDS; refuse content that differs from data.digest; split."""
-    folder = config.dir or (None if config.tfds_version else os.environ.get(DATA_DIR_ENV))
+    """Load MNIST as the config says (see idx_folder); refuse content that differs from data.digest; split."""
+    folder = idx_folder(config)
     if folder:
         folder = Path(folder).expanduser().absolute()
         train, test = read_idx_folder(folder, verify=config.verify)
@@ -108,6 +107,28 @@ def content_digest(train: Split, test: Split) -> str:
     for array in (train.images, train.labels, test.images, test.labels):
         digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
     return digest.hexdigest()
+
+
+def idx_folder(config: DataConfig) -> str | None:
+    """The IDX folder load_mnist reads: data.dir, else TFDS if the config recorded a TFDS version, else
+    $MNIST_MLP_DATA_DIR; None: TFDS."""
+    return config.dir or (None if config.tfds_version else os.environ.get(DATA_DIR_ENV)) or None
+
+
+def data_source(config: DataConfig) -> str:
+    """Where load_mnist would find MNIST, said without reading it (for `doctor`). Raises DataError when a
+    named folder lacks one of the four files."""
+    folder = idx_folder(config)
+    if folder:
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise DataError(f"{path}: MNIST data folder not found; {OFFLINE_HINT}")
+        for name in IDX_FILES:
+            _find(path, name)
+        return f"IDX files in {folder}"
+    if tfds_cached():
+        return f"TensorFlow Datasets' prepared copy in {tfds_root()}"
+    return "neither an IDX folder nor a TensorFlow Datasets copy: the first run downloads MNIST (about 11 MB)"
 
 
 def split(train: Split, test: Split, config: DataConfig, source: str, origin: DataOrigin | None = None) -> Mnist:
@@ -183,6 +204,9 @@ def load_tfds() -> tuple[Split, Split, str]:
     if not tfds_cached():
         _check_online()
     import_tensorflow_quietly()  # TFDS imports TensorFlow
+    from mnist_mlp.device import split_cpu_for_standin
+
+    split_cpu_for_standin()  # TFDS starts TensorFlow's runtime: a stand-in GPU must be split off before
     import absl.logging
     import tensorflow_datasets as tfds
 
@@ -201,8 +225,11 @@ def load_tfds() -> tuple[Split, Split, str]:
 
 def tfds_cached() -> bool:
     """Whether TFDS has a prepared MNIST in its data folder ($TFDS_DATA_DIR, else ~/tensorflow_datasets)."""
-    root = Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
-    return any((root / "mnist").glob("*/dataset_info.json"))
+    return any((tfds_root() / "mnist").glob("*/dataset_info.json"))
+
+
+def tfds_root() -> Path:
+    return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
 
 def _check_online(timeout: float = 5.0) -> None:

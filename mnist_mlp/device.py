@@ -1,27 +1,100 @@
-"""Where training runs: the Metal GPU on an Apple M1 (through tensorflow-metal), any other GPU, or the CPU."""
+"""Where training runs: the Metal GPU on an Apple M1 (through tensorflow-metal), any other GPU, or the CPU.
+
+`available_gpu()` names the project's GPU. With MNIST_MLP_STANDIN_GPU=ok|wrong it is a stand-in: the CPU
+split into two logical devices, the second ("/CPU:1") treated as the GPU everywhere, so the GPU path
+(self-check, auto, doctor, bench, train) runs on machines without one. A testing aid, nothing more.
+Whether a GPU is trusted, and when `auto` picks it, is gpu_check.py's business.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import importlib.metadata
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import tensorflow as tf
 
 from mnist_mlp.config import RuntimeConfig
 from mnist_mlp.errors import ConfigError
 
+CPU = "/CPU:0"
+STANDIN_ENV = "MNIST_MLP_STANDIN_GPU"
+STANDIN_MODES = ("ok", "wrong")  # wrong: ReLU computed as the identity on the stand-in, as Metal has been reported to
+STANDIN_GPU = "/CPU:1"
+A = TypeVar("A")  # model.Activation, not imported: model imports data, which imports this module
+
 
 @dataclass(frozen=True)
 class Device:
-    name: str  # a TensorFlow device string, "/CPU:0" or "/GPU:0"
+    name: str  # a TensorFlow device string: "/CPU:0", "/GPU:0", or the stand-in's "/CPU:1"
     kind: str  # "cpu" or "gpu"
     jit_compile: bool  # XLA for the compiled training calls
+    reason: str = ""  # why this device, for the run's first line
 
     def describe(self) -> str:
         xla = ", XLA" if self.jit_compile else ""
-        return f"{self.kind.upper()} ({self.name}{xla})"
+        standin = ", stand-in" if self.name == STANDIN_GPU else ""
+        why = f"; {self.reason}" if self.reason else ""
+        return f"{self.kind.upper()} ({self.name}{standin}{xla}{why})"
+
+
+def standin_mode() -> str | None:
+    """MNIST_MLP_STANDIN_GPU's value (ok | wrong), None when unset; anything else is an error."""
+    mode = os.environ.get(STANDIN_ENV) or None
+    if mode is not None and mode not in STANDIN_MODES:
+        raise ConfigError(f"{STANDIN_ENV}={mode!r}: must be one of {', '.join(STANDIN_MODES)} (or unset)")
+    return mode
+
+
+def split_cpu_for_standin() -> None:
+    """With MNIST_MLP_STANDIN_GPU set, split the CPU into two logical devices; only possible before
+    TensorFlow starts its runtime, so this module does it when imported (and available_gpu() again)."""
+    if os.environ.get(STANDIN_ENV) and len(tf.config.get_logical_device_configuration(_cpu()) or []) < 2:
+        with contextlib.suppress(RuntimeError):  # the runtime is up: available_gpu() reports it
+            tf.config.set_logical_device_configuration(_cpu(), [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+def _cpu() -> tf.config.PhysicalDevice:
+    return tf.config.list_physical_devices("CPU")[0]
+
+
+split_cpu_for_standin()
+
+
+@functools.cache
+def available_gpu() -> str | None:
+    """The device the project uses as its GPU: the stand-in when asked for, else the first GPU TensorFlow
+    lists (Metal on an M1), else None."""
+    if standin_mode():
+        split_cpu_for_standin()
+        if STANDIN_GPU.lstrip("/") not in {d.name.split("device:")[-1] for d in tf.config.list_logical_devices()}:
+            raise ConfigError(f"{STANDIN_ENV} is set, but TensorFlow had started before the CPU could be split")
+        return STANDIN_GPU
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name.replace("/device:", "/") if gpus else None
+
+
+def metal_plugin_version() -> str | None:
+    """The installed tensorflow-metal's version (the Metal GPU plugin), None when absent."""
+    try:
+        return importlib.metadata.version("tensorflow-metal")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def as_computed_on(device: str, activation: A) -> A:
+    """A hidden layer's activation (a model.Activation) as `device` computes it: itself, except on the `wrong`
+    stand-in, whose ReLU is the identity (the testing aid's deliberate error; the self-check and bench must
+    catch it). The derivative stays right: only the forward op is wrong, as reported of Metal."""
+    if device == STANDIN_GPU and os.environ.get(STANDIN_ENV) == "wrong" and activation.name == "relu":
+        return dataclasses.replace(activation, fn=tf.identity)
+    return activation
 
 
 def configure_threads(threads: int) -> None:
@@ -33,19 +106,28 @@ def configure_threads(threads: int) -> None:
             print(f"warning: runtime.threads={threads} not applied: TensorFlow had already started", file=sys.stderr)
 
 
-def select_device(config: RuntimeConfig) -> Device:
-    """Resolve runtime.device (auto | cpu | gpu) and runtime.jit_compile (auto | true | false)."""
-    configure_threads(config.threads)
-    has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    if config.device == "gpu" and not has_gpu:
-        raise ConfigError("runtime.device is gpu but TensorFlow lists no GPU (on a Mac: pip install tensorflow-metal)")
-    kind = "gpu" if config.device == "gpu" or (config.device == "auto" and has_gpu) else "cpu"
-    if kind == "gpu" and config.jit_compile is True:
+def cpu_device(config: RuntimeConfig, reason: str = "") -> Device:
+    return Device(CPU, "cpu", _jit(config), reason)
+
+
+def gpu_device(config: RuntimeConfig, name: str, reason: str = "") -> Device:
+    if config.jit_compile is True:
         raise ConfigError("runtime.jit_compile is true but XLA is not supported on the GPU path (Metal has no XLA)")
+    return Device(name, "gpu", False, reason)
+
+
+def _jit(config: RuntimeConfig) -> bool:
     # auto: off. On the CPU XLA measured 0.93-1.15x at batch 50 (README, Speed), its ~0.5 s compilation eats
     # that in a default run, and it breaks bit-identity with the step path; Metal has no XLA at all.
-    jit = False if config.jit_compile == "auto" else config.jit_compile
-    return Device(name=f"/{kind.upper()}:0", kind=kind, jit_compile=jit)
+    return False if config.jit_compile == "auto" else config.jit_compile
+
+
+def require_gpu(config: RuntimeConfig) -> str | None:
+    """The GPU's name; None when there is none, which is an error when runtime.device is gpu."""
+    gpu = available_gpu()
+    if config.device == "gpu" and gpu is None:
+        raise ConfigError("runtime.device is gpu but TensorFlow lists no GPU (on a Mac: pip install tensorflow-metal)")
+    return gpu
 
 
 def available_memory() -> int | None:

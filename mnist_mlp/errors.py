@@ -11,3 +11,8 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """MNIST could not be found, read or verified."""
+
+
+class GpuMismatch(UserError):
+    """The GPU's self-check found it computing other results than the CPU. Not the user's input at fault:
+    the CLI prints the one line but exits 1."""

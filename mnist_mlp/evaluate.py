@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mnist_mlp.config import Config
 from mnist_mlp.data import load_mnist
-from mnist_mlp.device import select_device
+from mnist_mlp.gpu_check import choose_device
 from mnist_mlp.model import MLP
 from mnist_mlp.results import Evaluation, headline_metrics
 from mnist_mlp.rundir import CheckpointState, RunDir
@@ -70,7 +70,7 @@ def evaluate_run(run: RunDir, which: str | None = None, data_dir: Path | None = 
     if data_dir is not None:
         config = config.replace(**{"data.dir": str(data_dir), "data.tfds_version": None})
     mnist = load_mnist(config.data)
-    trainer = Trainer(config, mnist.train, select_device(config.runtime))
+    trainer = Trainer(config, mnist.train, choose_device(config))
     state = run.restore_checkpoint(trainer.model, which)
     test = trainer.evaluate(*trainer.to_device(mnist.test))
     return RunEvaluation(run, which, state, mnist.source, test)

@@ -45,8 +45,7 @@ class MLP(tf.Module):
 
     def __init__(self, config: ModelConfig, seed: int, dtype: tf.DType = tf.float32):
         super().__init__(name="mlp")
-        sizes = [N_PIXELS, *config.hidden, N_CLASSES]
-        self.sizes = sizes
+        self.sizes = sizes = layer_sizes(config)
         self.W = [
             tf.Variable(initial_weights(config, n_in, n_out, seed=(seed, layer), dtype=dtype), name=f"W{layer + 1}")
             for layer, (n_in, n_out) in enumerate(itertools.pairwise(sizes))
@@ -58,6 +57,11 @@ class MLP(tf.Module):
     def variables_in_order(self) -> list[tf.Variable]:
         """W1, W0_1, W2, W0_2, ...: a fixed order for checkpoints and comparisons."""
         return [v for pair in zip(self.W, self.W0, strict=True) for v in pair]
+
+
+def layer_sizes(config: ModelConfig) -> list[int]:
+    """N_0 = 784 pixels, the hidden layers' sizes, K = 10 classes."""
+    return [N_PIXELS, *config.hidden, N_CLASSES]
 
 
 def initial_weights(config: ModelConfig, n_in: int, n_out: int, seed: tuple[int, int], dtype: tf.DType) -> tf.Tensor:
@@ -89,6 +93,12 @@ def forward(model: MLP, X: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
         H.append(model.activation.fn(tf.matmul(W, H[-1], transpose_a=True) + W0))  # H^l = φ((W^l)ᵀ H^{l-1} + W0^l)
     logits = tf.matmul(model.W[-1], H[-1], transpose_a=True) + model.W0[-1]  # (W^L)ᵀ H^{L-1} + W0^L
     return H, logits
+
+
+def active_units(H: list[tf.Tensor]) -> list[tf.Tensor]:
+    """For each hidden layer of forward()'s activations, whether each unit fired (H^l > 0) for at least one
+    image of the batch: [N_l] bool. OR-ed over a split's batches, the units it leaves False are dead ReLUs."""
+    return [tf.reduce_any(h > 0, axis=1) for h in H[1:]]
 
 
 def log_softmax(logits: tf.Tensor) -> tf.Tensor:

@@ -1,24 +1,28 @@
-"""The report's pictures: loss, accuracy and per-digit error curves, confusion matrix, misclassified digits, summary.
+"""The report's pictures: loss, accuracy and per-digit error curves, confusion matrix, misclassified digits, summary;
+and what the weights learned: the first layer's incoming weights, L1's sparsity, dead ReLU units.
 
 Everything is drawn on the Agg canvas directly (no pyplot, no GUI backend, no global matplotlib state), so it
 works headless and in any thread. The curves need only history.csv; the confusion matrix and the grid of
 misclassified digits also need the test predictions, which a finished run keeps in its folder, and the
-test images, which `mnist-mlp plot DIR` reloads through the run's config.yaml.
+test images, which `mnist-mlp plot DIR` reloads through the run's config.yaml. The weight pictures read the
+weights file the run writes after each epoch (NumPy, so no TensorFlow is needed to draw them).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullLocator, PercentFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator, PercentFormatter
 
-from mnist_mlp.config import Config
+from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Split, load_mnist
 from mnist_mlp.errors import UserError
 from mnist_mlp.history import (
@@ -28,17 +32,23 @@ from mnist_mlp.history import (
     EPOCH,
     LEARNING_RATE,
     SECONDS,
+    SPARSITY_THRESHOLD,
     accuracy_column,
+    dead_units_column,
     digit_error_column,
     loss_column,
+    numbered_columns,
+    sparsity_column,
     splits_in,
 )
-from mnist_mlp.results import Listener, RunResult, confusion_matrix
+from mnist_mlp.results import Listener, RunResult, Weights, confusion_matrix
 from mnist_mlp.rundir import RunDir, atomic_write_with
 
 PREDICTION_PLOTS = ("confusion_matrix.png", "misclassified.png")
+WEIGHT_PLOTS = ("weights.png", "sparsity.png")  # need the weights file
 DPI = 110
 MIN_ACCURACY_SPAN = 1.0  # percentage points on an accuracy axis, so that its 0.1%-precision labels differ
+TILE_GAP = 2  # pixels between the 28×28 tiles of weights.png
 # One colour per split, the same in every figure.
 COLOURS = {"train": "tab:blue", "validation": "tab:green", "test": "tab:orange", "batch": "tab:gray"}
 REQUIRED_COLUMNS = (
@@ -68,11 +78,10 @@ class Headline:
 
 @dataclass
 class PlotReport:
-    """What `plot_run` wrote, and which plots it could not draw and why."""
+    """What `plot_run` wrote, and which plots it could not draw and why ({plot file name: reason})."""
 
     written: list[Path] = field(default_factory=list)
-    skipped: tuple[str, ...] = ()
-    reason: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class PlotWriter(Listener):
@@ -81,7 +90,8 @@ class PlotWriter(Listener):
     def on_finish(self, result: RunResult) -> None:
         predictions = result.final["test"].predictions
         save_predictions(result.run, predictions)
-        write_plots(result.run, result.history, result.mnist.test, predictions, result.config, result.metrics)
+        weights = Weights.of(result.model)
+        write_plots(result.run, result.history, result.mnist.test, predictions, result.config, weights, result.metrics)
 
 
 # Entry points.
@@ -96,23 +106,32 @@ def plot_run(path: Path, data_dir: Path | None = None) -> PlotReport:
     if not run.history_file.is_file():
         raise UserError(f"{run.history_file}: not found; the run has not finished an epoch yet")
     history = run.read_history()
-    config, test, predictions, reason = None, None, None, ""
+    check_history(history, where=str(run.history_file))
+    config, test, predictions, weights, skipped = None, None, None, None, {}
     try:
         config = run.read_config() if run.config_file.is_file() else None
         if config is not None and data_dir is not None:
             config = config.replace(**{"data.dir": str(data_dir), "data.tfds_version": None})
         test, predictions = _reload_predictions(run, config)
     except UserError as exc:
-        reason = str(exc)
+        skipped |= dict.fromkeys(PREDICTION_PLOTS, str(exc))
+    try:
+        weights = Weights.from_arrays(run.read_weights(), where=str(run.weights_file))
+    except UserError as exc:
+        skipped |= dict.fromkeys(WEIGHT_PLOTS, str(exc))
+    if weights is not None and not numbered_columns(history[0], sparsity_column):
+        skipped["sparsity.png"] = f"{run.history_file}: no {sparsity_column(1)} column (an older run)"
+    if not numbered_columns(history[0], dead_units_column):
+        skipped["activations.png"] = f"{run.history_file}: no {dead_units_column(1)} column (an older run)"
     try:
         metrics = run.read_metrics()
     except UserError:
         metrics = {}
     try:
-        written = write_plots(run, history, test, predictions, config, metrics)
+        written = write_plots(run, history, test, predictions, config, weights, metrics)
     except OSError as exc:
         raise UserError(f"{run.plots}: cannot write the plots ({exc.strerror or exc})") from None
-    return PlotReport(written, () if test is not None else PREDICTION_PLOTS, reason)
+    return PlotReport(written, skipped)
 
 
 def write_plots(
@@ -121,9 +140,11 @@ def write_plots(
     test: Split | None = None,
     predictions: np.ndarray | None = None,
     config: Config | None = None,
+    weights: Weights | None = None,
     metrics: dict | None = None,
 ) -> list[Path]:
-    """Draw the curve plots from `history`, and the prediction plots when `test` and `predictions` are given.
+    """Draw the curve plots from `history`, the prediction plots when `test` and `predictions` are given, and
+    the weight plots when `weights` are (sparsity and dead units when the history has their columns).
 
     They go into the run's plots folder; the run folder's name titles every figure. `metrics` (the metrics
     file) gives the summary's headline figures: those of the exported model (the best epoch with early stopping).
@@ -138,7 +159,14 @@ def write_plots(
     if test is not None and predictions is not None:
         drawings["confusion_matrix.png"] = lambda: confusion_figure(test.labels, predictions, name)
         drawings["misclassified.png"] = lambda: misclassified_figure(test, predictions, name)
-    drawings["summary.png"] = lambda: summary_figure(history, config, name, metrics)
+    if weights is not None:
+        drawings["weights.png"] = lambda: weights_figure(weights, name)
+        if numbered_columns(history[0], sparsity_column):
+            drawings["sparsity.png"] = lambda: sparsity_figure(history, weights, name)
+    if numbered_columns(history[0], dead_units_column):
+        hidden = config.model.hidden if config is not None else None
+        drawings["activations.png"] = lambda: activations_figure(history, name, hidden)
+    drawings["summary.png"] = lambda: summary_figure(history, config, name, weights, metrics)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, draw in drawings.items():
@@ -322,8 +350,11 @@ def misclassified_figure(test: Split, predictions: np.ndarray, name: str, per_di
     return figure
 
 
-def summary_figure(history: list[dict], config: Config | None, name: str, metrics: dict | None = None) -> Figure:
-    """One page: loss and accuracy curves, the headline figures, per-digit final errors, learning rate."""
+def summary_figure(
+    history: list[dict], config: Config | None, name: str, weights: Weights | None = None, metrics: dict | None = None
+) -> Figure:
+    """One page: loss and accuracy curves, the headline figures (`metrics`: those of the exported model),
+    per-digit final errors, the first layer's weights (when given) and the learning rate."""
     figure = new_figure(16, 9)
     grid = figure.add_gridspec(2, 3)
     loss_ax, accuracy_ax, text_ax = (figure.add_subplot(grid[0, i]) for i in range(3))
@@ -334,7 +365,14 @@ def summary_figure(history: list[dict], config: Config | None, name: str, metric
     seconds = float(column(history, SECONDS).sum()) if SECONDS in history[0] else None
     figures = headline(history, metrics)
     draw_headline(text_ax, figures, len(history), config, seconds)
-    draw_digit_bars(figure.add_subplot(grid[1, :2]), history, figures.epoch)
+    if weights is None:
+        draw_digit_bars(figure.add_subplot(grid[1, :2]), history, figures.epoch)
+    else:
+        draw_digit_bars(figure.add_subplot(grid[1, 0]), history, figures.epoch)
+        weights_ax = figure.add_subplot(grid[1, 1])
+        image = draw_weights(weights_ax, weights.W[0], unit_ticks=False)
+        weights_ax.set_title(f"Incoming weights of the {weights.W[0].shape[1]} first-layer units")
+        figure.colorbar(image, ax=weights_ax, shrink=0.9, extend="both").set_label("weight")
     draw_learning_rate(figure.add_subplot(grid[1, 2]), history)
     figure.suptitle(f"Run summary — {name}", fontsize=15)
     return figure
@@ -388,16 +426,164 @@ def draw_headline(ax, figures: Headline, epochs: int, config: Config | None, sec
         lines.append(f"training time         {seconds:.1f} s")
     if config is not None:
         train = config.train
+        momentum = f" (μ {train.momentum:g})" if train.optimizer in ("momentum", "nesterov") else ""
         lines += [
             "",
             f"network     784-{'-'.join(map(str, config.model.hidden))}-10 (init {config.model.init})",
             f"batch size  {train.batch_size}",
-            f"α schedule  {train.learning_rate:g}, × {train.lr_decay:g} every {train.lr_decay_epochs} epochs",
+            f"optimizer   {train.optimizer}{momentum}",
+            f"α schedule  {_schedule(train)}",
             f"L1 λ        {train.l1:g}" + (" (biases too)" if train.l1_biases else ""),
         ]
+        if train.augment_shift:
+            lines.append(f"shifts      up to {train.augment_shift} px in x and y")
     ax.set_axis_off()
     ax.set_title(f"Headline figures (test set, epoch {figures.epoch})")
     ax.text(0.02, 0.95, "\n".join(lines), family="monospace", fontsize=13, va="top", transform=ax.transAxes)
+
+
+def _schedule(train: TrainConfig) -> str:
+    if train.lr_schedule == "cosine":
+        return f"{train.learning_rate:g}, cosine towards 0 over {train.epochs} epochs"
+    return f"{train.learning_rate:g}, × {train.lr_decay:g} every {train.lr_decay_epochs} epochs"
+
+
+# What the weights learned.
+
+
+def weights_mosaic(W1: np.ndarray, gap: int = TILE_GAP) -> tuple[np.ndarray, int]:
+    """The columns of W¹ [784, n] as 28×28 tiles, unit k at row k // c and column k % c of a grid c = ⌈√n⌉ wide,
+    with NaN in the `gap` pixels between tiles; and c."""
+    units = W1.shape[1]
+    columns = math.ceil(math.sqrt(units))
+    rows = math.ceil(units / columns)
+    pitch = 28 + gap
+    mosaic = np.full((rows * pitch - gap, columns * pitch - gap), np.nan)
+    for unit in range(units):
+        row, col = divmod(unit, columns)
+        mosaic[row * pitch : row * pitch + 28, col * pitch : col * pitch + 28] = W1[:, unit].reshape(28, 28)
+    return mosaic, columns
+
+
+def symmetric_limit(values: np.ndarray, percentile: float = 99.5) -> float:
+    """A colour scale's ±limit: the `percentile` of |values|, so that a few large weights do not wash out the rest."""
+    limit = float(np.percentile(np.abs(values), percentile))
+    return limit if limit > 0 else 1.0
+
+
+def draw_weights(ax, W1: np.ndarray, unit_ticks: bool = True):
+    """The mosaic of first-layer receptive fields on one diverging scale symmetric about 0 (red +, blue −)."""
+    mosaic, columns = weights_mosaic(W1)
+    limit = symmetric_limit(W1)
+    colours = colormaps["RdBu_r"].with_extremes(bad="0.55")  # grey between the tiles, white = 0
+    image = ax.imshow(mosaic, cmap=colours, vmin=-limit, vmax=limit, interpolation="nearest")
+    if unit_ticks:  # unit number = row label + column label
+        pitch = 28 + TILE_GAP
+        ax.set_xticks(np.arange(columns) * pitch + 13.5, [str(c) for c in range(columns)])
+        rows = math.ceil(W1.shape[1] / columns)
+        ax.set_yticks(np.arange(rows) * pitch + 13.5, [str(r * columns) for r in range(rows)])
+        ax.tick_params(length=0)
+        ax.set_xlabel("unit number = row label + column label")
+    else:
+        ax.set_axis_off()
+    return image
+
+
+def weights_figure(weights: Weights, name: str) -> Figure:
+    """weights.png: every first-layer unit's incoming weights as a 28×28 image, with the colour scale."""
+    W1 = weights.W[0]
+    figure = new_figure(10.5, 9.5)
+    ax = figure.subplots()
+    image = draw_weights(ax, W1)
+    colourbar = figure.colorbar(image, ax=ax, shrink=0.8, extend="both")
+    colourbar.set_label(f"weight (scale clipped at ±{symmetric_limit(W1):.3g}, the 99.5th percentile of |w|)")
+    ax.set_title(
+        f"Incoming weights of the {W1.shape[1]} first-layer units, each as the 28×28 image it responds to\n"
+        f"red: ink on that pixel excites the unit, blue: ink there inhibits it — {name}"
+    )
+    return figure
+
+
+def layer_label(weights: Weights, layer: int) -> str:
+    n_in, n_out = weights.W[layer - 1].shape
+    return f"layer {layer} ({n_in}×{n_out})"
+
+
+def sparsity_figure(history: list[dict], weights: Weights, name: str) -> Figure:
+    """What L1 did: the share of near-zero weights per layer per epoch, and the final weights' distribution."""
+    figure = new_figure(17, 5.5)
+    share_ax, histogram_ax, magnitude_ax = figure.subplots(1, 3)
+    epochs = column(history, EPOCH)
+    layers = range(1, len(weights.W) + 1)
+    for layer, sparsity in zip(layers, numbered_columns(history[0], sparsity_column), strict=False):
+        values = 100 * column(history, sparsity)
+        label = f"{layer_label(weights, layer)}: {values[-1]:.1f}%"
+        share_ax.plot(epochs, values, "o-", ms=3, label=label)
+    share_ax.set_ylabel(f"weights with |w| < {SPARSITY_THRESHOLD:g} (%)")
+    share_ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
+    share_ax.set_ylim(bottom=0)
+    epoch_axis(share_ax, history)
+    share_ax.legend(loc="best")
+    share_ax.set_title(f"Share of weights near zero (|w| < {SPARSITY_THRESHOLD:g})")
+
+    largest = max(float(np.abs(w).max()) for w in weights.W) or 1.0
+    bins = np.linspace(-largest, largest, 121)
+    smallest = SPARSITY_THRESHOLD / 1e4
+    magnitude_bins = np.logspace(np.log10(smallest), np.log10(max(largest, 10 * SPARSITY_THRESHOLD)), 91)
+    for layer in layers:
+        w, label = weights.W[layer - 1].ravel(), layer_label(weights, layer)
+        histogram_ax.stairs(np.histogram(w, bins)[0], bins, linewidth=1.3, label=label)
+        magnitudes = np.clip(np.abs(w), smallest, None)
+        magnitude_ax.stairs(np.histogram(magnitudes, magnitude_bins)[0], magnitude_bins, linewidth=1.3, label=label)
+    histogram_ax.set_xlabel("weight w")
+    histogram_ax.set_title(f"Final weights (epoch {int(epochs[-1])})")
+    histogram_ax.legend(loc="upper right")
+    magnitude_ax.set_xscale("log")
+    plain_log_axis(magnitude_ax.xaxis)
+    magnitude_ax.axvline(SPARSITY_THRESHOLD, color="black", linestyle="--", linewidth=1)
+    magnitude_ax.text(SPARSITY_THRESHOLD, 0.97, f" threshold {SPARSITY_THRESHOLD:g}", va="top",
+                      transform=magnitude_ax.get_xaxis_transform())  # fmt: skip
+    magnitude_ax.set_xlabel(f"|w| (log scale; below {smallest:g} counted in the first bin)")
+    magnitude_ax.set_title("Final weight magnitudes")
+    magnitude_ax.legend(loc="upper left")
+    for ax in (histogram_ax, magnitude_ax):
+        ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
+        ax.set_ylim(0.7, 10 * ax.get_ylim()[1])  # log headroom: the legend stays clear of the peaks
+        ax.set_ylabel("number of weights (log scale)")
+        ax.grid(True, alpha=0.3)
+    figure.suptitle(f"What L1 regularization did to the weights (biases not counted) — {name}")
+    return figure
+
+
+def plain_log_axis(axis) -> None:
+    """A log axis labelled 1e-06 … 0.1, 1, 10, … at the decades only: readable, and far cheaper to draw than
+    matplotlib's default minor ticks and math-text labels."""
+    axis.set_minor_locator(NullLocator())
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+
+
+def activations_figure(history: list[dict], name: str, hidden: list[int] | None = None) -> Figure:
+    """The share of each hidden layer's ReLU units that output 0 on every test image, per epoch; with the layer
+    sizes (`hidden`), the legend also counts them."""
+    figure = new_figure(8, 5)
+    ax = figure.subplots()
+    epochs = column(history, EPOCH)
+    styles = ("o-", "s--", "^:", "D-.")  # distinct, as the layers' lines often lie on top of each other at 0 %
+    for layer, dead in enumerate(numbered_columns(history[0], dead_units_column), 1):
+        values = 100 * column(history, dead)
+        last = f"{values[-1]:.1f}%"
+        if hidden and layer <= len(hidden):
+            last = f"{round(values[-1] / 100 * hidden[layer - 1])} of {hidden[layer - 1]} units, {last}"
+        ax.plot(epochs, values, styles[(layer - 1) % len(styles)], ms=4, label=f"hidden layer {layer}: {last} dead")
+    ax.set_ylabel("dead units (% of the layer)")
+    ax.yaxis.set_major_formatter(PercentFormatter(decimals=None))
+    top = max(10.0, 1.3 * max(float(np.nanmax(line.get_ydata())) for line in ax.get_lines()))
+    ax.set_ylim(-0.02 * top, top)  # a line at 0 % shows above the axis; the legend has room at the top
+    epoch_axis(ax, history)
+    ax.legend(loc="upper right", title="after the last epoch")
+    ax.set_title(f"Dead ReLU units: 0 on every test image — {name}")
+    return figure
 
 
 # Predictions for `mnist-mlp plot`.

@@ -1,8 +1,8 @@
 """A training run end to end: data, device, epochs, evaluation, convergence, files and checkpoints.
 
 `train_and_evaluate` is what `mnist-mlp train` and every sweep trial call. After each epoch the run
-evaluates train, validation and test, appends a row to history.csv and writes a checkpoint; Ctrl-C or
-SIGTERM finishes the current compiled call, checkpoints mid-epoch and raises Interrupted.
+evaluates train, validation and test, appends a row to history.csv, writes a checkpoint and the weights as NumPy;
+Ctrl-C or SIGTERM finishes the current compiled call, checkpoints mid-epoch and raises Interrupted.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import tensorflow as tf
 
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Mnist, load_mnist
-from mnist_mlp.device import Device, available_memory, select_device
+from mnist_mlp.device import Device, available_memory
 from mnist_mlp.errors import ConfigError, UserError
+from mnist_mlp.gpu_check import choose_device
 from mnist_mlp.history import (
     BATCH_LOSS,
     DIGIT_ERROR_SPLITS,
@@ -25,11 +26,13 @@ from mnist_mlp.history import (
     LEARNING_RATE,
     SECONDS,
     accuracy_column,
+    dead_units_column,
     digit_error_column,
     loss_column,
+    sparsity_column,
 )
 from mnist_mlp.progress import plural
-from mnist_mlp.results import Evaluation, Listener, RunResult, headline_metrics
+from mnist_mlp.results import Evaluation, Listener, RunResult, Weights, headline_metrics
 from mnist_mlp.rundir import CheckpointState, RunDir
 from mnist_mlp.training import (
     Diverged,
@@ -112,8 +115,11 @@ def converged(history: list[dict], config: TrainConfig) -> bool:
     return since >= config.patience
 
 
-def epoch_row(epoch: int, lr: float, progress: EpochProgress, evaluations: dict[str, Evaluation]) -> dict:
-    """One history.csv row: the epoch's training time and loss, then each split's figures and per-digit errors."""
+def epoch_row(
+    epoch: int, lr: float, progress: EpochProgress, evaluations: dict[str, Evaluation], weights: Weights
+) -> dict:
+    """One history.csv row: the epoch's training time and loss, each split's figures and per-digit errors, then
+    each layer's share of near-zero weights and each hidden layer's share of units dead on the test set."""
     row = {
         EPOCH: epoch,
         LEARNING_RATE: lr,
@@ -124,6 +130,8 @@ def epoch_row(epoch: int, lr: float, progress: EpochProgress, evaluations: dict[
         row[loss_column(split)], row[accuracy_column(split)] = ev.loss, ev.accuracy
     for split in DIGIT_ERROR_SPLITS:
         row.update({digit_error_column(split, d): float(e) for d, e in enumerate(evaluations[split].per_digit_error)})
+    row.update({sparsity_column(layer): s for layer, s in enumerate(weights.sparsity(), 1)})
+    row.update({dead_units_column(layer): d for layer, d in enumerate(evaluations["test"].dead_units, 1)})
     return row
 
 
@@ -160,16 +168,16 @@ class RunPlan:
     device: Device
 
 
-def plan_run(config: Config, mnist: Mnist | None = None) -> RunPlan:
+def plan_run(config: Config, mnist: Mnist | None = None, device: Device | None = None) -> RunPlan:
     """Load the data and check the device, the batch count and the memory the model's tensors need.
 
     Each failure is a UserError (one line, exit 2). `mnist` given: that data (loaded already, or made
-    in memory by tests).
+    in memory by tests); `device` given: that device, else gpu_check.choose_device's (GpuMismatch: exit 1).
     """
     mnist = mnist or load_mnist(config.data)
     if mnist.origin is not None:
         config = config.replace(**mnist.origin.recorded())
-    device = select_device(config.runtime)
+    device = device or choose_device(config)  # the GPU's self-check, once, before any folder
     check_batches(config.train, len(mnist.train))
     check_memory(config, mnist)
     return RunPlan(config, mnist, device)
@@ -194,9 +202,11 @@ def train_and_evaluate(
     listeners: list[Listener] = (),
     resume: bool = False,
     mnist: Mnist | None = None,
+    device: Device | None = None,
 ) -> RunResult:
-    """plan_run, then train: what sweeps and tests call (the command line checks before making a folder)."""
-    return train(plan_run(config, mnist), run, listeners, resume)
+    """plan_run, then train: what sweeps and tests call (the command line checks before making a folder).
+    `device`: as chosen by gpu_check.choose_device (which plan_run calls when not given)."""
+    return train(plan_run(config, mnist, device), run, listeners, resume)
 
 
 def train(plan: RunPlan, run: RunDir, listeners: list[Listener] = (), resume: bool = False) -> RunResult:
@@ -250,16 +260,19 @@ def train(plan: RunPlan, run: RunDir, listeners: list[Listener] = (), resume: bo
             if progress.step < trainer.steps_per_epoch:  # stopped by a signal mid-epoch
                 if progress.step:  # else nothing of this epoch ran: the last epoch's checkpoint stands
                     state = CheckpointState(progress.epoch, progress.step, progress.loss_sum, progress.seconds)
-                    run.save_checkpoint(trainer.model, state)
+                    run.save_checkpoint(trainer.model, state, optimizer=trainer.optimizer)
                 raise Interrupted.at(stop.signum, run, progress)
             lr = learning_rate(config.train, progress.epoch)
-            final = _evaluate(trainer, splits)
-            history.append(epoch_row(progress.epoch, lr, progress, final))
+            final, weights = _evaluate(trainer, splits), Weights.of(trainer.model)
+            history.append(epoch_row(progress.epoch, lr, progress, final, weights))
             run.write_history(history)
-            run.save_checkpoint(trainer.model, CheckpointState(progress.epoch, 0, 0.0, 0.0), best=is_best(history))
+            position = CheckpointState(progress.epoch, 0, 0.0, 0.0)
+            run.save_checkpoint(trainer.model, position, best=is_best(history), optimizer=trainer.optimizer)
+            run.write_weights(weights.to_arrays())
             run.commit()  # a replacement run takes the old one's place now that it has an epoch
             for listener in listeners:
                 listener.on_epoch(history[-1])
+                listener.on_weights(progress.epoch, weights)
             if stop() and progress.epoch < config.train.epochs:  # after the last epoch: just finish
                 raise Interrupted.at(stop.signum, run, EpochProgress(progress.epoch + 1))
             progress = EpochProgress(progress.epoch + 1)
@@ -289,7 +302,7 @@ def _starting_point(run: RunDir, trainer: Trainer, config: Config, resume: bool)
     if not resume:
         run.write_config(config)
         return [], EpochProgress(epoch=1)
-    state = run.restore_checkpoint(trainer.model) if run.has_checkpoint() else None
+    state = run.restore_checkpoint(trainer.model, optimizer=trainer.optimizer) if run.has_checkpoint() else None
     finished = 0 if state is None else state.epoch - 1 if state.step else state.epoch
     rows = run.read_history()
     # history.csv is written just before its epoch's checkpoint: a kill between the two leaves one row more.

@@ -19,10 +19,13 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+
+import numpy as np
 
 from mnist_mlp.config import Config, config_yaml, from_dict
 from mnist_mlp.errors import UserError
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
     from mnist_mlp.model import MLP
+    from mnist_mlp.optimizers import Optimizer
 
 # The layout of a run folder; other modules use RunDir's paths, never these names.
 CONFIG_FILE = "config.yaml"  # the complete config the run trained with
@@ -42,6 +46,7 @@ PLOTS = "plots"  # the report's plots (plots.py)
 TENSORBOARD = "tb"  # TensorBoard logs (tensorboard.py)
 SAVED_MODEL = "saved_model"  # the served model (export.py)
 PREDICTIONS_FILE = "test_predictions.npy"  # the predicted digit of each test image, to redraw the plots
+WEIGHTS_FILE = "weights.npz"  # the weights after the last finished epoch as NumPy, to draw them without TensorFlow
 # A killed process may leave these hidden folders in a run: checkpoints being written or replaced, and a
 # SavedModel being written or replaced.
 LEFTOVER_FOLDERS = (".tmp-", ".epoch-", f".{SAVED_MODEL}-")
@@ -167,6 +172,7 @@ class RunDir:
     tensorboard = property(lambda self: self.path / TENSORBOARD)
     saved_model = property(lambda self: self.path / SAVED_MODEL)
     test_predictions_file = property(lambda self: self.path / PREDICTIONS_FILE)
+    weights_file = property(lambda self: self.path / WEIGHTS_FILE)
 
     @property
     def run_files(self) -> tuple[Path, ...]:
@@ -289,10 +295,13 @@ class RunDir:
         atomic_write(self.config_file, config_yaml(config))
 
     def write_history(self, rows: list[dict]) -> None:
+        """Every column any row has; a row without one (an epoch written by an older version, then resumed) gets
+        nan there."""
         if not rows:
             return
+        columns = list(dict.fromkeys(name for row in rows for name in row))
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="nan", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write(self.history_file, buffer.getvalue())
@@ -322,14 +331,31 @@ class RunDir:
             raise UserError(f"{self.metrics_file}: damaged (expected a JSON object)")
         return metrics
 
+    def write_weights(self, arrays: dict[str, np.ndarray]) -> None:
+        """Named arrays (results.Weights.to_arrays) into the weights file, uncompressed (about 0.4 MB)."""
+        atomic_write_with(self.weights_file, lambda file: np.savez(file, **arrays))
+
+    def read_weights(self) -> dict[str, np.ndarray]:
+        """The weights file's arrays by name; UserError when it is missing or unreadable."""
+        if not self.weights_file.is_file():
+            raise UserError(f"{self.weights_file}: not found (written after each epoch)")
+        try:
+            with np.load(self.weights_file, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            raise UserError(f"{self.weights_file}: not a readable .npz file") from None
+
     # Checkpoints: complete folders renamed into place, and state.json (atomic) naming the last and best.
 
-    def save_checkpoint(self, model: MLP, state: CheckpointState, best: bool = False) -> None:
-        """Write the weights and position as checkpoints/<name>, then point state.json at it."""
+    def save_checkpoint(
+        self, model: MLP, state: CheckpointState, best: bool = False, optimizer: Optimizer | None = None
+    ) -> None:
+        """Write the weights, the optimizer's slots and the position as checkpoints/<name>, then point
+        state.json at it."""
         self.checkpoints.mkdir(exist_ok=True)
         name = f"epoch-{state.epoch:04d}" + (f"-step-{state.step:06d}" if state.step else "")
         tmp = Path(tempfile.mkdtemp(dir=self.checkpoints, prefix=".tmp-"))
-        _checkpoint(model, state)[0].write(str(tmp / "ckpt"))
+        _checkpoint(model, state, optimizer)[0].write(str(tmp / "ckpt"))
         replace_dir(tmp, self.checkpoints / name)
         pointers = self._pointers()
         pointers["last"] = name
@@ -360,14 +386,26 @@ class RunDir:
                 raise UserError(f"{folder / needed}: missing (the {which} checkpoint is incomplete)")
         return folder
 
-    def restore_checkpoint(self, model: MLP, which: str = "last") -> CheckpointState:
-        """Load the weights of the `last` or `best` checkpoint into `model`; returns its position."""
+    def restore_checkpoint(
+        self, model: MLP, which: str = "last", optimizer: Optimizer | None = None
+    ) -> CheckpointState:
+        """Load the weights of the `last` or `best` checkpoint into `model` and, to resume training, the slots
+        into `optimizer` (which must be of the kind that wrote them); returns its position."""
         folder = self.checkpoint_path(which)
         import tensorflow as tf
 
-        checkpoint, position = _checkpoint(model, CheckpointState(0, 0, 0.0, 0.0))
+        checkpoint, position = _checkpoint(model, CheckpointState(0, 0, 0.0, 0.0), optimizer)
         try:
-            checkpoint.read(str(folder / "ckpt")).assert_existing_objects_matched()
+            # expect_partial: evaluate and predict read the weights alone and leave the slots, without TF's
+            # warnings about them; every object that is asked for must still be there (assert below).
+            status = checkpoint.read(str(folder / "ckpt")).expect_partial()
+            written_by = position["optimizer"].numpy().decode()
+            if optimizer is not None and written_by != optimizer.kind:
+                raise UserError(
+                    f"{folder}: written by train.optimizer {written_by}, "
+                    f"this config trains with {optimizer.kind}; its slots cannot continue another optimizer"
+                )
+            status.assert_existing_objects_matched()
         except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as exc:  # other shapes or names
             raise UserError(f"{folder}: does not fit this model ({_first_line(exc)})") from None
         except (tf.errors.OpError, IndexError) as exc:  # truncated or corrupt files (IndexError: short reads)
@@ -395,11 +433,14 @@ class RunDir:
         return pointers
 
 
-def _checkpoint(model: MLP, state: CheckpointState) -> tuple[tf.train.Checkpoint, dict]:
-    """The tracked objects of a checkpoint: weights by name, and the training position as variables.
+def _checkpoint(
+    model: MLP, state: CheckpointState, optimizer: Optimizer | None = None
+) -> tuple[tf.train.Checkpoint, dict]:
+    """The tracked objects of a checkpoint: weights by name, the optimizer's kind and slots, and the training
+    position as variables. Without an optimizer (evaluate, predict) the slots in a file are left unread.
 
-    The shuffle is a stateless function of (seed, epoch) and the learning rate a function of the epoch,
-    so the position is the whole of the RNG and schedule state.
+    The shuffle and the shifts are stateless functions of (seed, epoch, step) and the learning rate a
+    function of the epoch, so the position and the slots are the whole of the RNG, schedule and optimizer state.
     """
     import tensorflow as tf
 
@@ -409,6 +450,9 @@ def _checkpoint(model: MLP, state: CheckpointState) -> tuple[tf.train.Checkpoint
             "step": tf.Variable(state.step, dtype=tf.int64),
             "loss_sum": tf.Variable(state.loss_sum, dtype=tf.float64),
             "seconds": tf.Variable(state.seconds, dtype=tf.float64),
+            # Checkpoints from before there was a choice hold no name: they were all written by plain SGD.
+            "optimizer": tf.Variable(optimizer.kind if optimizer else "sgd", dtype=tf.string),
         }
     weights = {v.name.split(":")[0]: v for v in model.variables_in_order}
-    return tf.train.Checkpoint(weights=weights, **position), position
+    slots = {"slots": optimizer.variables} if optimizer and optimizer.variables else {}
+    return tf.train.Checkpoint(weights=weights, **slots, **position), position

@@ -1,4 +1,4 @@
-"""What a sweep reports: trials.csv, best.yaml, summary.md, its two plots and its console lines.
+"""What a sweep reports: trials.csv, best.yaml, summary.md, its plots and its console lines.
 
 Reads the trial folders that sweep.py's runs leave; ranks on validation figures only (test figures are
 shown, never used to choose).
@@ -67,7 +67,8 @@ def ranked(rows: list[dict]) -> list[dict]:
 
 
 def write_outputs(sweep: Sweep, out: Path, rows: list[dict]) -> None:
-    """trials.csv, best.yaml (when a trial can be chosen), summary.md and the two plots."""
+    """trials.csv, best.yaml (when a trial can be chosen), summary.md and the plots; with two or more swept
+    keys also the curves of the best trial for each value of the first (learning_curves_by_<key>.png)."""
     write_trials_csv(out / "trials.csv", rows, sweep.keys)
     best = ranked(rows)
     by_id = {t.id: t for t in sweep.trials}
@@ -76,9 +77,29 @@ def write_outputs(sweep: Sweep, out: Path, rows: list[dict]) -> None:
     (out / "plots").mkdir(exist_ok=True)
     plot_accuracy_against_rate([(by_id[row["trial"]], row) for row in rows], out / "plots" / "accuracy_vs_rate.png")
     top = [row for row in best if usable(row)][:TOP_CURVES]
-    curves = [(row, RunDir(trial_dir(out, by_id[row["trial"]])).read_history()) for row in top]
-    plot_learning_curves(curves, sweep.keys, out / "plots" / "learning_curves.png")
+
+    def curves(chosen: list[dict]) -> list[tuple[dict, list[dict]]]:
+        return [(row, RunDir(trial_dir(out, by_id[row["trial"]])).read_history()) for row in chosen]
+
+    plot_learning_curves(curves(top), sweep.keys, out / "plots" / "learning_curves.png")
+    if len(sweep.keys) > 1:  # e.g. optimizer × learning rate: each optimizer at its best rate
+        key = sweep.keys[0]
+        title = f"Learning curves of the best trial for each {_short(key)}"
+        plot_learning_curves(curves(best_per_value(rows, key)), sweep.keys, out / "plots" / _by_value_plot(key), title)
     atomic_write(out / "summary.md", summary_markdown(sweep, rows))
+
+
+def best_per_value(rows: list[dict], key: str) -> list[dict]:
+    """The best usable trial for each value of `key`, best first (values as JSON, so lists work)."""
+    chosen = {}
+    for row in ranked(rows):
+        if usable(row):
+            chosen.setdefault(json.dumps(row[key]), row)
+    return list(chosen.values())
+
+
+def _by_value_plot(key: str) -> str:
+    return f"learning_curves_by_{_short(key)}.png"
 
 
 def write_trials_csv(path: Path, rows: list[dict], keys: list[str]) -> None:
@@ -136,6 +157,8 @@ def summary_markdown(sweep: Sweep, rows: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![validation accuracy against learning rate](plots/accuracy_vs_rate.png)", ""]
     lines += ["![learning curves of the best trials](plots/learning_curves.png)", ""]
+    if len(sweep.keys) > 1:
+        lines += [f"![the best trial for each {_short(sweep.keys[0])}](plots/{_by_value_plot(sweep.keys[0])})", ""]
     return "\n".join(lines)
 
 
@@ -205,8 +228,8 @@ def plot_accuracy_against_rate(pairs: list[tuple[Trial, dict]], path: Path) -> N
     save_figure(fig, path)
 
 
-def plot_learning_curves(curves: list[tuple[dict, list[dict]]], keys: list[str], path: Path) -> None:
-    """Validation loss and accuracy per epoch of the best trials."""
+def plot_learning_curves(curves: list[tuple[dict, list[dict]]], keys: list[str], path: Path, title: str = "") -> None:
+    """Validation loss and accuracy per epoch of the given trials (default title: the best ones)."""
     fig = new_figure(10, 4.2)
     loss_ax, accuracy_ax = fig.subplots(1, 2)
     for row, history in curves:
@@ -224,7 +247,7 @@ def plot_learning_curves(curves: list[tuple[dict, list[dict]]], keys: list[str],
         accuracy_ax.legend(fontsize="x-small")
     else:
         accuracy_ax.text(0.5, 0.5, "no trial trained without diverging", ha="center", transform=accuracy_ax.transAxes)
-    fig.suptitle(f"Learning curves of the best {len(curves)} trials")
+    fig.suptitle(title or f"Learning curves of the best {len(curves)} trials")
     save_figure(fig, path)
 
 

@@ -2,7 +2,8 @@
 
 One writer per split (DIR/tb/train, DIR/tb/validation, DIR/tb/test) with the same tags, so TensorBoard draws
 train and test on one chart: loss, accuracy and per_digit_error/digit_0 … digit_9, as in the report's plots.
-The learning rate, the mean mini-batch loss and the epoch's training time go to the train writer.
+The learning rate, the mean mini-batch loss and the epoch's training time go to the train writer, and so do
+the histograms of each layer's weights and biases (weights/layer_1, biases/layer_1, ...), which show L1 at work.
 `tensorboard --logdir runs` shows every run under runs/.
 """
 
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import tensorflow as tf
+from tensorboard.plugins.histogram.metadata import create_summary_metadata
 
 from mnist_mlp.history import (
     BATCH_LOSS,
@@ -23,7 +26,9 @@ from mnist_mlp.history import (
     loss_column,
     splits_in,
 )
-from mnist_mlp.results import Listener, RunResult
+from mnist_mlp.results import Listener, RunResult, Weights
+
+HISTOGRAM_METADATA = create_summary_metadata(display_name=None, description=None)  # marks a record as a histogram
 
 if TYPE_CHECKING:
     from mnist_mlp.rundir import RunDir
@@ -47,6 +52,19 @@ def epoch_scalars(row: dict) -> dict[str, dict[str, float]]:
     return scalars
 
 
+def histogram_buckets(values: np.ndarray, buckets: int = 30) -> np.ndarray:
+    """[buckets, 3] rows of (left edge, right edge, count) over equal-width buckets from min to max: TensorBoard's
+    histogram format, as tf.summary.histogram makes it."""
+    counts, edges = np.histogram(values, bins=buckets)
+    return np.stack([edges[:-1], edges[1:], counts], axis=1)
+
+
+def write_histogram(tag: str, values: np.ndarray) -> None:
+    """tf.summary.histogram's record with the buckets counted by NumPy: TensorFlow's own op one-hot encodes every
+    value (a 78400 × 30 matrix for W¹) and takes about 50 ms a layer, NumPy about 1 ms."""
+    tf.summary.write(tag, tf.constant(histogram_buckets(values), tf.float64), metadata=HISTOGRAM_METADATA)
+
+
 class TensorBoardWriter(Listener):
     """Writes each epoch's scalars (step = epoch) and flushes, so a live TensorBoard follows the run."""
 
@@ -61,6 +79,14 @@ class TensorBoardWriter(Listener):
                 for tag, value in tags.items():
                     tf.summary.scalar(tag, float(value))
             writer.flush()
+
+    def on_weights(self, epoch: int, weights: Weights) -> None:
+        writer = self._writer("train")
+        with writer.as_default(step=epoch):
+            for layer, (w, w0) in enumerate(zip(weights.W, weights.W0, strict=True), 1):
+                write_histogram(f"weights/layer_{layer}", w)
+                write_histogram(f"biases/layer_{layer}", w0)
+        writer.flush()
 
     def on_finish(self, result: RunResult) -> None:
         for writer in self.writers.values():

@@ -19,12 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_mlp import native_stderr_silenced
+from mnist_mlp.augment import epoch_shifts, shift_images
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import N_CLASSES, Split
-from mnist_mlp.device import Device
+from mnist_mlp.device import Device, as_computed_on
 from mnist_mlp.errors import ConfigError
 from mnist_mlp.gradients import loss_gradients
-from mnist_mlp.model import MLP, N_PIXELS, cross_entropy, forward, one_hot_columns, to_columns
+from mnist_mlp.model import MLP, N_PIXELS, active_units, cross_entropy, forward, one_hot_columns, to_columns
 from mnist_mlp.optimizers import make_optimizer
 from mnist_mlp.results import Evaluation, confusion_matrix
 
@@ -41,12 +42,16 @@ class Diverged(Exception):
     def __str__(self) -> str:
         return (
             f"training diverged in epoch {self.epoch} (mean batch loss {self.loss:.4g}) at learning rate "
-            f"{self.learning_rate:g}; lower train.learning_rate or decay it sooner (train.lr_decay_epochs)"
+            f"{self.learning_rate:g}; lower train.learning_rate (or, with the step schedule, decay it sooner: "
+            "train.lr_decay_epochs)"
         )
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:
-    """Step decay: α · decay^⌊(epoch − 1) / every⌋ for 1-based epochs (the report: halve every 2)."""
+    """The rate of 1-based `epoch`. step: α · decay^⌊(epoch − 1) / every⌋ (the report: halve every 2);
+    cosine: α · ½(1 + cos(π (epoch − 1) / epochs)), from α in the first epoch towards 0 after the last."""
+    if config.lr_schedule == "cosine":
+        return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / config.epochs))
     return config.learning_rate * config.lr_decay ** ((epoch - 1) // config.lr_decay_epochs)
 
 
@@ -80,6 +85,7 @@ class Trainer:
         self.steps_per_epoch = len(train) // self.batch_size  # the remainder waits for another shuffle
         with tf.device(device.name):
             self.model = MLP(config.model, config.seed)
+            self.model.activation = as_computed_on(device.name, self.model.activation)  # see device.py
             self.optimizer = make_optimizer(config.train, self.params)  # its slots, if any, on the device too
             self.images, self.labels = self.to_device(train)
         self.train_steps = tf.function(self._train_steps, jit_compile=device.jit_compile)
@@ -113,12 +119,20 @@ class Trainer:
                 loss = cross_entropy(forward(self.model, X)[1], y)
             return loss
 
-    def _train_steps(self, images, labels, order, first_step, count, lr) -> tf.Tensor:
-        """`count` training steps from `first_step` of the epoch's order; returns the sum of their batch losses."""
+    def _train_steps(self, images, labels, order, first_step, count, lr, epoch) -> tf.Tensor:
+        """`count` training steps from `first_step` of the epoch's order; returns the sum of their batch losses.
+        With train.augment_shift = k > 0 each batch is shifted at random by up to k pixels (augment.py)."""
+        k = self.config.train.augment_shift
+        if k:  # a Python test: with 0 the graph has no augmentation ops at all
+            shifts = epoch_shifts(k, self.config.seed, epoch, self.steps_per_epoch * self.batch_size)
 
         def one_step(step: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             batch = tf.slice(order, [step * self.batch_size], [self.batch_size])
-            return step + 1, total + self.step(tf.gather(images, batch), tf.gather(labels, batch), lr)
+            batch_images = tf.gather(images, batch)
+            if k:
+                d = tf.slice(shifts, [0, step * self.batch_size], [2, self.batch_size])
+                batch_images = shift_images(batch_images, d[0], d[1])
+            return step + 1, total + self.step(batch_images, tf.gather(labels, batch), lr)
 
         # An explicit while_loop, not `for step in tf.range(...)`: AutoGraph's range loop makes XLA treat the
         # bounds as compile-time constants and recompile for every new first_step (seconds per epoch).
@@ -135,30 +149,34 @@ class Trainer:
         with tf.device(self.device.name):
             return tf.identity(order)
 
-    def run_steps(self, order: tf.Tensor, first_step: int, count: int, lr: float) -> float:
-        """Run `count` steps in one compiled call; returns the summed batch loss (a sync point)."""
-        args = (tf.constant(first_step, tf.int32), tf.constant(count, tf.int32), tf.constant(lr, tf.float32))
+    def run_steps(self, order: tf.Tensor, first_step: int, count: int, lr: float, epoch: int) -> float:
+        """Run `count` steps of `epoch` in one compiled call; returns the summed batch loss (a sync point)."""
+        first_step, count, epoch = (tf.constant(n, tf.int32) for n in (first_step, count, epoch))
+        args = (first_step, count, tf.constant(lr, tf.float32), epoch)
         with native_stderr_silenced() if self.device.jit_compile else contextlib.nullcontext():  # XLA's C++ log
             return float(self.train_steps(self.images, self.labels, order, *args))
 
     def evaluate(self, images: tf.Tensor, labels: tf.Tensor) -> Evaluation:
-        """Mean loss and confusion matrix over a split held on the device."""
-        total, predictions = 0.0, []
+        """Mean loss, confusion matrix and the hidden units ever active, over a split held on the device."""
+        total, predictions, active = 0.0, [], None
         for start in range(0, int(labels.shape[0]), EVAL_CHUNK):
-            loss_sum, predicted = self.evaluate_chunk(
+            loss_sum, predicted, chunk_active = self.evaluate_chunk(
                 images[start : start + EVAL_CHUNK], labels[start : start + EVAL_CHUNK]
             )
             total += float(loss_sum)
             predictions.append(predicted.numpy())
+            chunk_active = [a.numpy() for a in chunk_active]
+            active = chunk_active if active is None else [a | b for a, b in zip(active, chunk_active, strict=True)]
         truth, predicted = labels.numpy(), np.concatenate(predictions)
-        return Evaluation(total / len(truth), predicted, confusion_matrix(truth, predicted))
+        return Evaluation(total / len(truth), predicted, confusion_matrix(truth, predicted), tuple(active or ()))
 
-    def _evaluate_chunk(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _evaluate_chunk(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
         with tf.device(self.device.name):
             y = one_hot_columns(labels)
-            _, logits = forward(self.model, to_columns(images))
+            H, logits = forward(self.model, to_columns(images))
             M = tf.cast(tf.shape(labels)[0], tf.float32)
-            return cross_entropy(logits, y) * M, tf.argmax(logits, axis=0, output_type=tf.int32)
+            predicted = tf.argmax(logits, axis=0, output_type=tf.int32)
+            return cross_entropy(logits, y) * M, predicted, active_units(H)
 
 
 @dataclass
@@ -188,7 +206,7 @@ def train_epoch(
     while state.step < trainer.steps_per_epoch and not should_stop():
         count = min(cfg.steps_per_call, trainer.steps_per_epoch - state.step)
         started = time.perf_counter()
-        state.loss_sum += trainer.run_steps(order, state.step, count, lr)
+        state.loss_sum += trainer.run_steps(order, state.step, count, lr, state.epoch)
         state.seconds += time.perf_counter() - started
         state.step += count
         running = state.loss_sum / state.step

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,25 @@ from mnist_mlp.data import DATA_DIR_ENV, Mnist, Split, read_idx_folder, split
 from mnist_mlp.rundir import CheckpointState, RunDir
 
 REQUIRE_ENV = "MNIST_MLP_REQUIRE_DATA"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    """An explicit environment for a `mnist-mlp` child process: PATH, a scratch HOME and cache, this
+    checkout's code, and `extra`; nothing else of the caller's shell (e.g. TF_CPP_MIN_LOG_LEVEL)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "MNIST_MLP_CACHE_DIR": str(home / "cache"),
+        "PYTHONPATH": str(REPO),
+        **extra,
+    }
+
+
+def run_cli(home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    """`python -m mnist_mlp ARGS` in a child process with cli_env(home, **extra)."""
+    command = [sys.executable, "-m", "mnist_mlp", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=cli_env(home, **extra), timeout=300)
 
 
 @pytest.fixture(scope="session")

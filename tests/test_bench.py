@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from mnist_mlp.data import Split
 from mnist_mlp.device import Device
 from mnist_mlp.errors import UserError
 from mnist_mlp.training import Trainer
+from tests.conftest import cli_env
 
 N_IMAGES = 400
 
@@ -61,13 +64,6 @@ def test_numpy_loop_follows_the_trainers_step_path():
         trainer.train_step(tf.gather(trainer.images, batch), tf.gather(trainer.labels, batch), tf.constant(loop.lr))
     for ours, numpy_ in zip(trainer.model.variables_in_order, loop.weights(), strict=True):
         np.testing.assert_allclose(numpy_, ours.numpy(), rtol=1e-5, atol=1e-6)
-
-
-def test_losses_agree_only_within_the_tolerance():
-    tol = 1e-4
-    assert bench.losses_agree(2.0, 2.0 * (1 + 0.5 * tol), tol) and not bench.losses_agree(2.0, 2.0 * (1 + 2 * tol), tol)
-    assert bench.losses_agree(0.1, 0.1 + 0.5 * tol, tol) and not bench.losses_agree(0.1, 0.1 + 2 * tol, tol)  # below 1
-    assert not bench.losses_agree(float("nan"), 0.3, tol)
 
 
 @pytest.mark.slow  # every implementation with its tracing, Keras and XLA included: ~10 s on 2 cores
@@ -140,3 +136,27 @@ def test_bad_data_is_one_error_line_and_leaves_no_folder(tmp_path, monkeypatch, 
     assert main(["bench", "--quick", "--out", str(tmp_path / "out")]) == 2
     assert "MNIST data folder not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # a bench child process: matmul rates, the NumPy loop, two devices
+def test_the_wrong_standin_gpu_is_a_mismatch_and_exit_1(tmp_path):
+    """bench's GPU rows on the stand-in (a child process: it must be set up before TensorFlow starts),
+    with our fast path only, the one `train` runs, to keep it short."""
+    script = (
+        "import dataclasses, sys\n"
+        "from mnist_mlp import bench, bench_runners, cli\n"
+        "from tests.test_bench import TINY, learnable_split\n"
+        "bench.QUICK = dataclasses.replace(TINY, batch_sizes=(20,))\n"
+        "bench.bench_data = lambda: (learnable_split(), 'learnable synthetic test data', True)\n"
+        "bench.runners_for = lambda trainer, train, order, initial: [bench_runners.FastPath(trainer, order, initial)]\n"
+        f"sys.exit(cli.main(['bench', '--quick', '--json', '--out', {str(tmp_path / 'out')!r}]))\n"
+    )
+    env = cli_env(tmp_path, MNIST_MLP_STANDIN_GPU="wrong")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    document = json.loads(done.stdout)
+    assert [d["name"] for d in document["environment"]["devices"]] == ["CPU:0", "CPU:1"]
+    checks = {(r["device"], r["implementation"]): r["loss_matches"] for r in document["results"]}
+    assert checks == {("CPU:0", "fast"): True, ("CPU:0", "numpy"): True, ("CPU:1", "fast"): False}
+    assert document["mismatches"][0].startswith("CPU:1 fast path at batch 20: loss ")
+    assert "GPU rows: CPU:1, the stand-in GPU (MNIST_MLP_STANDIN_GPU=wrong)" in done.stderr

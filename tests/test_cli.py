@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 from mnist_mlp.cli import main
 from mnist_mlp.config import Config, from_dict
 from mnist_mlp.data import DATA_DIR_ENV
+from mnist_mlp.errors import UserError
 from mnist_mlp.rundir import RunDir
 from tests.conftest import folder_digest
 
@@ -155,6 +157,20 @@ def test_resume_continues_a_finished_run_and_lets_only_train_epochs_change(in_tm
     run = RunDir.open(in_tmp / "run")
     assert [row["epoch"] for row in run.read_history()] == [1, 2] and run.read_config().train.epochs == 2
     assert json.loads(run.metrics_file.read_text())["epochs"] == 2
+
+
+def test_resume_refuses_more_epochs_under_the_cosine_schedule(tmp_path):
+    """The cosine rate follows train.epochs: a continued run would not equal a straight one, so it is refused."""
+    from mnist_mlp.cli import resumed_config
+
+    cosine = Config().replace(**{"train.lr_schedule": "cosine", "train.epochs": 2})
+    run = RunDir.create(tmp_path / "run", "t", config=cosine)
+    asked = argparse.Namespace(set=["train.epochs=4"], data_dir=None)
+    with pytest.raises(UserError, match="^--set train.epochs=4: the run uses train.lr_schedule=cosine"):
+        resumed_config(run, asked)
+    assert resumed_config(run, argparse.Namespace(set=["train.epochs=2"], data_dir=None)) == cosine
+    step = RunDir.create(tmp_path / "step", "t", config=cosine.replace(**{"train.lr_schedule": "step"}))
+    assert resumed_config(step, asked).train.epochs == 4
 
 
 def test_default_run_names_that_are_taken_get_a_suffix(in_tmp, capsys, monkeypatch):

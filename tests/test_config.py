@@ -32,6 +32,21 @@ def test_seed_yaml_holds_the_report_hyperparameters():
     assert config.train.l1 == 0.001 and config.train.loss_after_update
 
 
+def test_optimizer_keys_default_to_the_plain_sgd_of_before():
+    train = Config().train
+    assert (train.optimizer, train.lr_schedule, train.augment_shift) == ("sgd", "step", 0)
+    assert (train.momentum, train.beta1, train.beta2, train.epsilon) == (0.9, 0.9, 0.999, 1e-7)
+    seed = load_config(CONFIGS / "seed.yaml").train
+    assert (seed.optimizer, seed.lr_schedule, seed.augment_shift) == ("sgd", "step", 0)
+
+
+def test_best_yaml_is_the_report_network_with_adam_shifts_and_cosine():
+    config = load_config(CONFIGS / "best.yaml")
+    assert config.model.hidden == [100, 100] and config.train.batch_size == 50
+    assert config.data.validation_size == 0  # chosen on a validation split, then trained on all 60000
+    assert config.train.optimizer != "sgd" and config.train.augment_shift > 0
+
+
 def test_partial_file_takes_defaults_for_the_rest(tmp_path):
     config = load_config(write(tmp_path, "train:\n  epochs: 3\n"))
     assert config.train.epochs == 3
@@ -75,6 +90,14 @@ def test_saved_config_loads_back_equal(tmp_path):
         ("- 1\n- 2\n", "expected a mapping of config sections"),
         ("train:\n  epochs: [1\n", "not valid YAML"),
         ("data:\n  validation_size: 60000\n", "data.validation_size must be in [0, 60000)"),
+        ("train:\n  optimizer: rmsprop\n", "train.optimizer must be 'sgd' or 'momentum' or 'nesterov' or 'adam'"),
+        ("train:\n  momentum: 1.0\n", "train.momentum must be in [0, 1), got 1.0"),
+        ("train:\n  beta1: -0.1\n", "train.beta1 must be in [0, 1), got -0.1"),
+        ("train:\n  beta2: 1\n", "train.beta2 must be in [0, 1), got 1.0"),
+        ("train:\n  epsilon: 0\n", "train.epsilon must be a positive number, got 0.0"),
+        ("train:\n  lr_schedule: linear\n", "train.lr_schedule must be 'step' or 'cosine', got 'linear'"),
+        ("train:\n  augment_shift: -1\n", "train.augment_shift must be in [0, 27], got -1"),
+        ("train:\n  augment_shift: 1.5\n", "train.augment_shift must be an integer, got 1.5"),
     ],
 )
 def test_bad_configs_name_file_key_and_problem(tmp_path, text, message):

@@ -1,4 +1,5 @@
-"""The run's pictures: six valid PNGs after a run, redrawn by `mnist-mlp plot` without training, per-digit errors."""
+"""The run's pictures: nine valid PNGs after a run, redrawn by `mnist-mlp plot` without training or TensorFlow;
+per-digit errors; what the weights learned (sparsity and dead units in the history, the weights file)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ from mnist_mlp import plots, training
 from mnist_mlp.cli import main
 from mnist_mlp.config import Config
 from mnist_mlp.errors import UserError
-from mnist_mlp.plots import PREDICTION_PLOTS, PlotWriter, plot_run
-from mnist_mlp.results import Evaluation, confusion_matrix
+from mnist_mlp.plots import PREDICTION_PLOTS, WEIGHT_PLOTS, PlotWriter, plot_run, weights_mosaic
+from mnist_mlp.results import Evaluation, Weights, confusion_matrix
 from mnist_mlp.run import epoch_row, train_and_evaluate
-from mnist_mlp.rundir import PREDICTIONS_FILE, RunDir
+from mnist_mlp.rundir import PREDICTIONS_FILE, WEIGHTS_FILE, RunDir
 from mnist_mlp.training import EpochProgress
 from tests.conftest import synthetic_mnist
 
 ALL_PLOTS = ["loss.png", "accuracy.png", "per_digit_error.png", "confusion_matrix.png", "misclassified.png",
-             "summary.png"]  # fmt: skip
+             "summary.png", "weights.png", "sparsity.png", "activations.png"]  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -53,7 +54,7 @@ def finished_run(tmp_path_factory):
     return run, result, mnist
 
 
-def test_a_finished_run_leaves_six_valid_pngs_and_its_test_predictions(finished_run):
+def test_a_finished_run_leaves_nine_valid_pngs_and_its_test_predictions(finished_run):
     run, result, mnist = finished_run
     assert sorted(p.name for p in run.plots.iterdir()) == sorted(ALL_PLOTS)
     for name in ALL_PLOTS:
@@ -83,12 +84,58 @@ def test_per_digit_error_in_a_history_row_is_the_share_of_each_digit_misclassifi
         expected[digit] = wrong / (digit + 1)
     labels, predicted = np.array(labels, dtype=np.uint8), np.array(predicted, dtype=np.uint8)
     evaluation = Evaluation(0.5, predicted, confusion_matrix(labels, predicted))
-    row = epoch_row(1, 0.1, EpochProgress(1, 10, 5.0, 1.0), {"train": evaluation, "test": evaluation})
+    weights = Weights((np.zeros((784, 3)), np.ones((3, 10))), (np.zeros((3, 1)), np.zeros((10, 1))))
+    row = epoch_row(1, 0.1, EpochProgress(1, 10, 5.0, 1.0), {"train": evaluation, "test": evaluation}, weights)
     for digit in range(10):
         direct = np.count_nonzero((labels == digit) & (predicted != digit)) / np.count_nonzero(labels == digit)
         assert row[f"test_error_{digit}"] == pytest.approx(direct, abs=1e-12) == expected[digit]
         assert row[f"train_error_{digit}"] == row[f"test_error_{digit}"]
     assert row["test_accuracy"] == pytest.approx(np.mean(labels == predicted))
+    assert row["sparsity_1"] == 1.0 and row["sparsity_2"] == 0.0 and "sparsity_3" not in row
+    assert "dead_units_1" not in row  # this evaluation recorded no hidden units
+
+
+def test_history_records_sparsity_per_weight_layer_and_dead_units_per_hidden_layer(finished_run):
+    """Three weight layers (784-16-12-10), two hidden: fractions in [0, 1]; the last epoch's sparsity is a direct
+    count over the weights file, which holds the final weights."""
+    run, result, _ = finished_run
+    history = run.read_history()
+    for row in history:
+        fractions = [row[f"sparsity_{layer}"] for layer in (1, 2, 3)] + [row[f"dead_units_{h}"] for h in (1, 2)]
+        assert all(0.0 <= f <= 1.0 for f in fractions), fractions
+        assert "sparsity_4" not in row and "dead_units_3" not in row
+    saved = Weights.from_arrays(run.read_weights(), where="test")
+    for layer, (w, trained) in enumerate(zip(saved.W, result.model.W, strict=True), 1):
+        np.testing.assert_array_equal(w, trained.numpy())
+        assert history[-1][f"sparsity_{layer}"] == np.count_nonzero(np.abs(w) < 1e-3) / w.size
+    dead = [1 - np.mean(active) for active in result.final["test"].active]
+    assert [history[-1]["dead_units_1"], history[-1]["dead_units_2"]] == pytest.approx(dead, abs=1e-12)
+
+
+def test_l1_makes_weights_sparser_than_no_l1(tmp_path):
+    """The same short run with λ = 1e-3 and λ = 0: L1 leaves a larger share of near-zero weights in every layer,
+    many times more in the first (whose 784 inputs include many pixels that carry little signal)."""
+    mnist = synthetic_mnist(n_train=400, n_test=60)
+    base = Config().replace(**{"model.hidden": [16, 12], "train.epochs": 4, "train.batch_size": 20})
+    base = base.replace(**{"train.learning_rate": 0.1, "train.steps_per_call": 20, "runtime.device": "cpu"})
+    sparsity = {}
+    for l1 in (0.0, 1e-3):
+        run = RunDir.create(tmp_path / f"l1-{l1}", "t")
+        last = train_and_evaluate(base.replace(**{"train.l1": l1}), run, mnist=mnist).history[-1]
+        sparsity[l1] = [last[f"sparsity_{layer}"] for layer in (1, 2, 3)]
+    assert all(with_l1 > without for with_l1, without in zip(sparsity[1e-3], sparsity[0.0], strict=True)), sparsity
+    assert sparsity[1e-3][0] > 5 * sparsity[0.0][0], sparsity  # measured: 12.7 % against 1.4 %
+
+
+def test_weights_mosaic_puts_unit_k_at_row_k_div_c_and_column_k_mod_c():
+    W1 = np.random.default_rng(0).normal(size=(784, 10))
+    mosaic, columns = weights_mosaic(W1, gap=2)
+    assert columns == 4 and mosaic.shape == (3 * 30 - 2, 4 * 30 - 2)
+    for unit in range(10):
+        row, col = divmod(unit, columns)
+        np.testing.assert_array_equal(mosaic[row * 30 : row * 30 + 28, col * 30 : col * 30 + 28],
+                                      W1[:, unit].reshape(28, 28))  # fmt: skip
+    assert np.isnan(mosaic[28:30]).all() and np.isnan(mosaic[-28:, -28:]).all()  # gaps, and no unit 11
 
 
 def test_plot_redraws_every_plot_from_the_run_folder_without_training(finished_run, monkeypatch, capsys):
@@ -114,8 +161,10 @@ def test_plot_from_history_alone_draws_the_curves_and_names_what_it_skipped(fini
     alone.mkdir()
     (alone / "history.csv").write_text(run.history_file.read_text())
     report = plot_run(alone)
-    assert sorted(p.name for p in report.written) == sorted(set(ALL_PLOTS) - set(PREDICTION_PLOTS))
-    assert report.skipped == PREDICTION_PLOTS and PREDICTIONS_FILE in report.reason
+    assert sorted(p.name for p in report.written) == sorted(set(ALL_PLOTS) - set(PREDICTION_PLOTS + WEIGHT_PLOTS))
+    assert sorted(report.skipped) == sorted(PREDICTION_PLOTS + WEIGHT_PLOTS)
+    assert all(PREDICTIONS_FILE in report.skipped[name] for name in PREDICTION_PLOTS)
+    assert all(f"{WEIGHTS_FILE}: not found" in report.skipped[name] for name in WEIGHT_PLOTS)
     for path in report.written:
         assert_sensible_png(path)
 
@@ -128,13 +177,36 @@ def test_plot_skips_predictions_that_do_not_fit_the_test_set(finished_run, tmp_p
     np.save(copy.path / PREDICTIONS_FILE, np.zeros(7, dtype=np.uint8))
     monkeypatch.setattr(plots, "load_mnist", lambda data_config: mnist)
     report = plot_run(copy.path)
-    assert report.skipped == PREDICTION_PLOTS and "holds 7 predictions" in report.reason
+    assert set(PREDICTION_PLOTS) <= set(report.skipped) and "holds 7 predictions" in report.skipped[PREDICTION_PLOTS[0]]
     (copy.path / PREDICTIONS_FILE).write_bytes(b"not numpy")
-    assert "not a readable .npy" in plot_run(copy.path).reason
+    assert "not a readable .npy" in plot_run(copy.path).skipped[PREDICTION_PLOTS[0]]
+
+
+@pytest.mark.parametrize(
+    ("arrays", "says"),
+    [
+        (None, "not a readable .npz"),
+        ({"W1": np.zeros((784, 5))}, "no array 'W0_1'"),
+        ({"W1": np.zeros((784, 5)), "W0_1": np.zeros((5, 1)), "W2": np.zeros((6, 10)), "W0_2": np.zeros((10, 1))},
+         "not the layers of a network"),
+    ],
+)  # fmt: skip
+def test_plot_skips_the_weight_plots_for_a_weights_file_it_cannot_use(finished_run, tmp_path, arrays, says):
+    run, _, _ = finished_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "history.csv").write_text(run.history_file.read_text())
+    if arrays is None:
+        (copy / WEIGHTS_FILE).write_bytes(b"not numpy")
+    else:
+        np.savez(copy / WEIGHTS_FILE, **arrays)
+    report = plot_run(copy)
+    assert all(says in report.skipped[name] for name in WEIGHT_PLOTS), report.skipped
+    assert "activations.png" in [p.name for p in report.written]  # drawn from the history alone
 
 
 def test_the_plot_code_needs_no_tensorflow(finished_run):
-    """Redraw all six in a fresh interpreter and check TensorFlow and the training code were never imported."""
+    """Redraw all nine in a fresh interpreter and check TensorFlow and the training code were never imported."""
     run, _, _ = finished_run
     script = textwrap.dedent(f"""
         import sys
@@ -142,7 +214,7 @@ def test_the_plot_code_needs_no_tensorflow(finished_run):
         from tests.conftest import synthetic_mnist
         plots.load_mnist = lambda data_config: synthetic_mnist(n_train=200, n_test=120, n_validation=40)
         report = plots.plot_run({str(run.path)!r})
-        assert not report.skipped, report.reason
+        assert not report.skipped, report.skipped
         loaded = [m for m in ("tensorflow", "mnist_mlp.training", "mnist_mlp.run") if m in sys.modules]
         assert not loaded, loaded
     """)
@@ -176,7 +248,7 @@ def test_plot_refuses_a_missing_folder(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_short_run_keeps_history_errors_equal_to_its_predictions(tmp_path, mnist_dir):
-    """Real MNIST through the command line: the six PNGs, and test_error_d recomputed from the predictions."""
+    """Real MNIST through the command line: the nine PNGs, and test_error_d recomputed from the predictions."""
     out = tmp_path / "run"
     args = ["train", "--out", str(out), "--quiet", "--set", f"data.dir={mnist_dir}", "--set", "train.epochs=1",
             "--set", "data.train_limit=5000", "--set", "data.test_limit=2000"]  # fmt: skip
@@ -225,3 +297,10 @@ def test_the_summary_quotes_metrics_json_when_given():
     figures = headline(rows, metrics)
     assert (figures.epoch, figures.test_accuracy, figures.mean_per_digit_error) == (1, 0.91, 0.2)
     assert headline(rows).epoch == 2 and headline(rows).test_accuracy == 0.92
+
+
+def test_the_summary_page_names_the_schedule_it_ran():
+    step = Config().train
+    cosine = Config().replace(**{"train.lr_schedule": "cosine", "train.epochs": 40, "train.learning_rate": 0.001}).train
+    assert plots._schedule(step) == "0.4, × 0.5 every 3 epochs"
+    assert plots._schedule(cosine) == "0.001, cosine towards 0 over 40 epochs"

@@ -17,6 +17,7 @@ from mnist_mlp.cli import main
 from mnist_mlp.config import Config
 from mnist_mlp.errors import UserError
 from mnist_mlp.model import MLP
+from mnist_mlp.plots import plot_run
 from mnist_mlp.results import Listener
 from mnist_mlp.run import Interrupted, converged, train_and_evaluate
 from mnist_mlp.rundir import RunDir
@@ -62,7 +63,18 @@ def test_converged_counts_epochs_without_improvement(config):
     assert not converged(val, train.__class__(patience=1))
 
 
-def test_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, config):
+OPTIMIZER_SETTINGS = [
+    {},  # plain SGD, the step schedule, no shifts: as before there was a choice
+    {"train.optimizer": "momentum", "train.learning_rate": 0.02},
+    {"train.optimizer": "nesterov", "train.learning_rate": 0.02, "train.augment_shift": 1},
+    {"train.optimizer": "adam", "train.learning_rate": 0.003, "train.augment_shift": 2, "train.lr_schedule": "cosine"},
+]
+
+
+@pytest.mark.parametrize("settings", OPTIMIZER_SETTINGS, ids=["sgd", "momentum", "nesterov+shift", "adam+shift+cosine"])
+def test_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, config, settings):
+    """Mid-epoch: the optimizer's slots (velocities, moments, step count) must come back with the weights."""
+    config = config.replace(**settings)
     mnist = synthetic_mnist()
     straight = RunDir.create(tmp_path / "straight", "t")
     train_and_evaluate(config, straight, mnist=mnist)
@@ -103,6 +115,10 @@ def test_run_writes_its_files_and_keeps_last_and_best_checkpoints(tmp_path, conf
     assert pointers["best"] == f"epoch-{best_epoch:04d}"
     assert sorted(p.name for p in run.checkpoints.iterdir()) == sorted({*pointers.values(), "state.json"})
     assert result.metrics["best_epoch"] == best_epoch
+    saved = run.read_weights()  # the last epoch's weights as NumPy, named as the checkpoint names them
+    for name, checkpointed in zip(saved, final_weights(run, config), strict=True):
+        np.testing.assert_array_equal(saved[name], checkpointed)
+    assert list(saved) == ["W1", "W0_1", "W2", "W0_2", "W3", "W0_3"]
 
 
 class Watch(Listener):
@@ -143,6 +159,22 @@ def test_an_existing_run_is_replaced_only_when_asked_and_only_after_the_new_one_
     assert {(e, w) for e, w, old, moved in seen if old or not moved} == {(1, "call")}  # then replaced
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging or retired folder left
     assert run.read_config().seed == 5 and run.read_history() == result.history
+    assert set(run.read_weights()) == {"W1", "W0_1", "W2", "W0_2", "W3", "W0_3"}  # the new run's, moved with it
+
+
+def test_a_run_from_before_the_weight_columns_resumes_with_nan_in_its_old_rows(tmp_path, config):
+    """history.csv from an older version (no sparsity_l, dead_units_l), interrupted at an epoch boundary: the
+    resumed epochs add the columns, the old rows hold nan there, and the history still reads and plots."""
+    run = RunDir.create(tmp_path / "run", "t")
+    mnist = synthetic_mnist()
+    with pytest.raises(Interrupted):
+        train_and_evaluate(config, run, [RaiseSignalAt(1, 10)], mnist=mnist)
+    new_columns = ("sparsity_", "dead_units_")
+    run.write_history([{k: v for k, v in row.items() if not k.startswith(new_columns)} for row in run.read_history()])
+    history = train_and_evaluate(config, run, resume=True, mnist=mnist).history
+    assert run.read_history()[0]["sparsity_1"] != run.read_history()[0]["sparsity_1"]  # nan
+    assert [row["epoch"] for row in history] == [1, 2, 3] and 0 <= run.read_history()[-1]["dead_units_2"] <= 1
+    assert "sparsity.png" in [p.name for p in plot_run(run.path).written]
 
 
 def test_resume_refuses_a_finished_run_and_a_folder_that_is_not_a_run(tmp_path, config):
@@ -163,6 +195,20 @@ def test_a_checkpoint_from_another_architecture_is_refused(tmp_path, config):
         run.restore_checkpoint(other)
 
 
+def test_a_checkpoint_from_another_optimizer_is_refused_and_evaluation_ignores_slots(tmp_path, config):
+    adam = config.replace(**{"train.optimizer": "adam", "train.learning_rate": 0.003, "train.epochs": 3})
+    run = RunDir.create(tmp_path / "run", "t")
+    with pytest.raises(Interrupted):
+        train_and_evaluate(adam, run, [RaiseSignalAt(epoch=2, step=3)], mnist=synthetic_mnist())
+    momentum = adam.replace(**{"train.optimizer": "momentum"})
+    with pytest.raises(UserError) as caught:
+        train_and_evaluate(momentum, run, resume=True, mnist=synthetic_mnist())
+    message = str(caught.value)
+    assert "written by train.optimizer adam, this config trains with momentum" in message and "\n" not in message
+    weights = final_weights(run, adam)  # the model alone, as evaluate and predict restore it: slots unread
+    assert len(weights) == 6 and all(np.isfinite(w).all() for w in weights)
+
+
 def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one_in_charge(tmp_path, config, monkeypatch):
     """Simulates a kill during a checkpoint write: the partial files never become the `last` checkpoint."""
     run = RunDir.create(tmp_path / "run", "t")
@@ -170,8 +216,8 @@ def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one_in_charge(t
     before = final_weights(run, config)
     real_checkpoint = rundir._checkpoint
 
-    def dying_checkpoint(model, state):
-        checkpoint, position = real_checkpoint(model, state)
+    def dying_checkpoint(*args):
+        checkpoint, position = real_checkpoint(*args)
 
         def write(prefix):
             Path(prefix + ".index").write_bytes(b"partial")

@@ -16,6 +16,7 @@ from mnist_mlp.data import Mnist, split
 from mnist_mlp.errors import ConfigError, UserError
 from mnist_mlp.sweep import finished_status, run_sweep, threads_per_worker
 from mnist_mlp.sweep_file import load_sweep, trial_id
+from mnist_mlp.sweep_report import best_per_value
 from tests.conftest import synthetic_mnist
 
 # A network and data small enough that a trial trains in about a second on the CPU.
@@ -226,6 +227,37 @@ def test_a_two_trial_sweep_writes_its_outputs_and_records_divergence(tmp_path, t
     lines = printed.getvalue().splitlines()
     assert sum(line.startswith("[") for line in lines) == 2  # one progress line per trial
     assert any("diverged" in line and "| best:" in line for line in lines)
+
+
+def test_best_per_value_takes_the_best_usable_trial_of_each_value():
+    def row(trial, optimizer, accuracy, status="finished"):
+        return {
+            "trial": trial,
+            "train.optimizer": optimizer,
+            "status": status,
+            "validation_accuracy": accuracy,
+            "validation_loss": 1 - accuracy,
+            "epochs": 3,
+        }
+
+    rows = [
+        row("a", "sgd", 0.90),
+        row("b", "adam", 0.95),
+        row("c", "sgd", 0.97),
+        row("d", "adam", 0.99, "diverged"),
+        row("e", "momentum", 0.93),
+    ]
+    assert [r["trial"] for r in best_per_value(rows, "train.optimizer")] == ["c", "b", "e"]
+
+
+def test_with_two_swept_keys_the_first_one_gets_curves_per_value(tmp_path):
+    grid = {"train.optimizer": ["adam", "sgd"], "train.learning_rate": [0.003, 0.05]}
+    out = tmp_path / "out"
+    run_sweep(
+        load_sweep(write_sweep(tmp_path, {"set": TINY, "grid": grid})), out, stream=io.StringIO(), load=synthetic_loader
+    )
+    assert (out / "plots" / "learning_curves_by_optimizer.png").read_bytes()[:4] == b"\x89PNG"
+    assert "plots/learning_curves_by_optimizer.png" in (out / "summary.md").read_text()
 
 
 def test_resuming_repeats_no_finished_trial(tmp_path, two_trials, monkeypatch):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mnist_mlp import training
 from mnist_mlp.config import Config
-from mnist_mlp.device import select_device
+from mnist_mlp.device import available_gpu, cpu_device, require_gpu
 from mnist_mlp.gradients import backprop
 from mnist_mlp.model import forward, one_hot_columns, to_columns
 from mnist_mlp.results import Evaluation, confusion_matrix, headline_metrics
@@ -16,7 +17,7 @@ from tests.conftest import synthetic_mnist
 
 
 def make_trainer(config: Config, n_train: int = 200) -> Trainer:
-    return Trainer(config, synthetic_mnist(n_train).train, select_device(config.runtime))
+    return Trainer(config, synthetic_mnist(n_train).train, cpu_device(config.runtime))
 
 
 def weights(trainer: Trainer) -> list[np.ndarray]:
@@ -31,6 +32,13 @@ def run_epochs(trainer: Trainer, epochs: int) -> None:
 def test_learning_rate_halves_every_two_epochs_like_the_report():
     config = Config().replace(**{"train.learning_rate": 0.001, "train.lr_decay": 0.5, "train.lr_decay_epochs": 2})
     assert [learning_rate(config.train, e) for e in range(1, 7)] == [0.001, 0.001, 0.0005, 0.0005, 0.00025, 0.00025]
+
+
+def test_cosine_schedule_falls_from_alpha_towards_zero_over_the_epochs():
+    config = Config().replace(**{"train.learning_rate": 0.002, "train.lr_schedule": "cosine", "train.epochs": 4})
+    rates = [learning_rate(config.train, e) for e in range(1, 5)]
+    assert rates == pytest.approx([0.002, 0.002 * (1 + 0.5**0.5) / 2, 0.001, 0.002 * (1 - 0.5**0.5) / 2])
+    assert learning_rate(config.train, 5) == pytest.approx(0.0, abs=1e-18)  # where it would be after the last
 
 
 def test_sgd_step_applies_w_minus_alpha_gradient_plus_l1_sign(tiny_config):
@@ -51,8 +59,21 @@ def test_sgd_step_applies_w_minus_alpha_gradient_plus_l1_sign(tiny_config):
         np.testing.assert_allclose(param.numpy(), want, rtol=1e-6, atol=1e-7)
 
 
-def test_compiled_calls_do_not_retrace_across_steps_or_epochs(tiny_config):
-    trainer = make_trainer(tiny_config)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {
+            "train.optimizer": "adam",
+            "train.learning_rate": 0.003,
+            "train.lr_schedule": "cosine",
+            "train.augment_shift": 2,
+        },
+    ],
+)
+def test_compiled_calls_do_not_retrace_across_steps_or_epochs(tiny_config, settings):
+    """The rate, the epoch and the step are tensor arguments: a new value is not a new graph."""
+    trainer = make_trainer(tiny_config.replace(**settings))
     run_epochs(trainer, 3)  # 10 steps an epoch in calls of 3, 3, 3, 1
     for _ in range(3):
         trainer.train_step(trainer.images[:20], trainer.labels[:20], tf.constant(0.1))
@@ -130,13 +151,44 @@ def test_confusion_matrix_and_per_digit_error():
     np.testing.assert_allclose(ev.per_digit_error[:3], [0.5, 1 / 3, 0.0])
 
 
+def test_dead_units_are_the_units_zero_on_every_image_counted_across_chunks(tiny_config, monkeypatch):
+    """A fixed small case: units made dead by a large negative bias, one unit alive only for the last image (in
+    the last chunk), one only for the first (blank) image, the rest alive. Evaluation equals a direct NumPy
+    forward pass and count."""
+    monkeypatch.setattr(training, "EVAL_CHUNK", 7)  # 30 images in chunks of 7, 7, 7, 7, 2: the OR crosses chunks
+    trainer = make_trainer(tiny_config)
+    images = np.zeros((30, 784), np.uint8)
+    images[:, :392] = np.arange(30, dtype=np.uint8)[:, None] * 8  # brighter down the set
+    labels = np.arange(30, dtype=np.uint8) % 10
+    W1, W01 = trainer.model.W[0], trainer.model.W0[0]
+    top = np.full((392, 16), 0.001, np.float32)
+    top[:, 9] = -0.001
+    W1.assign(np.concatenate([top, np.full((392, 16), -1.0, np.float32)]))  # only the top half has ink
+    bias = np.full((16, 1), 0.5, np.float32)
+    bias[[2, 5, 11]] = -100.0  # dead: W1ᵀx ≤ 392 · 0.001 · 232/255 < 100 for every image
+    bias[7] = -0.001 * 392 * 29 * 8 / 255 + 1e-3  # fires for the brightest (last) image only
+    bias[9] = 1e-3  # fires for the blank first image only (its weights are negative)
+    W01.assign(bias)
+    evaluation = trainer.evaluate(tf.constant(images), tf.constant(labels))
+
+    X = images.T.astype(np.float32) / 255
+    H1 = np.maximum(0, W1.numpy().T @ X + W01.numpy())
+    H2 = np.maximum(0, trainer.model.W[1].numpy().T @ H1 + trainer.model.W0[1].numpy())
+    direct = [np.count_nonzero(~(H > 0).any(axis=1)) / H.shape[0] for H in (H1, H2)]
+    assert evaluation.dead_units == pytest.approx(direct, abs=1e-12)
+    assert evaluation.dead_units[0] == 3 / 16  # 2, 5 and 11; unit 7 is alive through the last chunk alone
+    assert evaluation.active[0][7] and H1[7, -1] > 0 and not H1[7, :-1].any()
+    assert evaluation.active[0][9] and H1[9, 0] > 0 and not H1[9, 1:].any()
+    assert [a.shape for a in evaluation.active] == [(16,), (12,)]
+
+
 def test_gpu_request_without_a_gpu_is_a_clear_error():
-    if tf.config.list_physical_devices("GPU"):
+    if available_gpu():
         pytest.skip("this machine has a GPU")
     from mnist_mlp.errors import ConfigError
 
     with pytest.raises(ConfigError, match="runtime.device is gpu but TensorFlow lists no GPU"):
-        select_device(Config().runtime.__class__(device="gpu"))
+        require_gpu(Config().runtime.__class__(device="gpu"))
 
 
 def test_mean_per_digit_error_averages_over_the_digits_the_split_holds():
