@@ -5,6 +5,7 @@ the final weights bit-identical. Each test prints its counts (pytest -s shows th
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import subprocess
@@ -218,6 +219,17 @@ grid:
 """
 
 
+def after_an_epoch_of(child_started: float, trials: Path) -> Callable[[], bool]:
+    """True once some trial's history.csv was written after `child_started` (time.time()): the child trains."""
+
+    def look() -> bool:
+        with contextlib.suppress(OSError):
+            return any(p.stat().st_mtime >= child_started for p in trials.glob("*/history.csv"))
+        return False
+
+    return look
+
+
 def test_a_sweep_stopped_by_sigint_and_sigterm_then_resumed_loses_and_mixes_nothing(tmp_path, mnist_dir):
     env = child_env(mnist_dir)
     (tmp_path / "sweep.yaml").write_text(SWEEP)
@@ -226,14 +238,24 @@ def test_a_sweep_stopped_by_sigint_and_sigterm_then_resumed_loses_and_mixes_noth
     assert reference.wait(timeout=900) == 0, reference.stderr.read()
     reference_seconds = time.monotonic() - started
 
+    # Each signal comes at a random moment while the child is training, chosen against the work it has
+    # left: counted from the first epoch this child finishes, within about 1.5 trial-epochs of it. Each
+    # resumed child has less left, and a signal after the sweep's end would interrupt nothing; with 32
+    # trial-epochs in all and each stop taking at most a few, every signal lands in a running sweep
+    # (the exit codes below must say so).
+    trial_epoch_seconds = reference_seconds / (8 * 4 / 2)  # 8 trials × 4 epochs on 2 workers (an upper bound)
     rng = random.Random(1)
     stops = []
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+        began = time.time()
         child = start("sweep", "sweep.yaml", "--out", "got", "--workers", "2", cwd=tmp_path, env=env)
-        time.sleep(rng.uniform(0.2, 0.9) * reference_seconds)
+        ready = after_an_epoch_of(child_started=began, trials=tmp_path / "got" / "trials")
+        while not ready() and child.poll() is None:
+            time.sleep(POLL)
+        time.sleep(rng.uniform(0, 1.5 * trial_epoch_seconds))
         child.send_signal(signum)
         code = child.wait(timeout=300)
-        assert code in (0, 128 + signum), child.stderr.read()
+        assert code == 128 + signum, f"exit {code}: the {signal.Signals(signum).name} interrupted nothing"
         stops.append((signal.Signals(signum).name, code))
     final = start("sweep", "sweep.yaml", "--out", "got", "--workers", "2", cwd=tmp_path, env=env)
     assert final.wait(timeout=900) == 0, final.stderr.read()
