@@ -25,6 +25,7 @@ NO_PYTHON := error: no Python 3.10-3.12 found and uv could not download one: ins
 install: $(STAMP)
 
 $(BIN)/python:
+	@$(UV) --version >/dev/null  # installs uv into .tools/ where there is none, with its messages in view
 ifdef PYTHON
 	$(UV) venv --quiet --python '$(PYTHON)' $(VENV)
 else
