@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from mnist_mlp.results import Listener
 from mnist_mlp.run import Interrupted, converged, train_and_evaluate
 from mnist_mlp.rundir import RunDir
 from mnist_mlp.training import Diverged
-from tests.conftest import synthetic_mnist
+from tests.conftest import child_env, synthetic_mnist
 
 
 class RaiseSignalAt(Listener):
@@ -223,7 +222,7 @@ def test_divergence_is_recorded_not_crashed(tmp_path, config):
 def test_sigterm_to_a_training_process_checkpoints_exits_143_and_resumes(tmp_path, mnist_dir, monkeypatch):
     """A real `mnist-mlp train` child process, killed politely after its first epoch, then resumed."""
     out = tmp_path / "run"
-    env = {**os.environ, "MNIST_MLP_DATA_DIR": str(mnist_dir)}
+    env = child_env(MNIST_MLP_DATA_DIR=str(mnist_dir))
     command = [sys.executable, "-m", "mnist_mlp", "train", "--out", str(out), "--set", "train.epochs=3",
                "--set", "train.steps_per_call=50"]  # fmt: skip
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
