@@ -44,7 +44,8 @@ def test_make_install_from_a_fresh_clone_finds_a_python_tensorflow_supports(vers
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=120)
     bin_dir.mkdir()
     (bin_dir / "python3").symlink_to(python)
-    env = child_env(PATH=f"{bin_dir}:/usr/bin:/bin") | {k: v for k, v in os.environ.items() if NETWORK_SETTINGS.fullmatch(k)}
+    network = {name: value for name, value in os.environ.items() if NETWORK_SETTINGS.fullmatch(name)}
+    env = child_env(PATH=f"{bin_dir}:/usr/bin:/bin") | network
     del env["PYTHONPATH"]  # the clone's .venv runs the clone's code
 
     done = subprocess.run(["make", "install"], cwd=clone, env=env, capture_output=True, text=True, timeout=1800)
