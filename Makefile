@@ -18,7 +18,7 @@ ARGS ?=
 # uv looks for interpreters on PATH only; pyenv's versions are searched too, after PATH.
 PYENV_BINS := $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.1[0-2].*/bin)
 SEARCH_PATH := $(subst $() $(),:,$(strip $(PATH) $(PYENV_BINS)))
-NO_PYTHON := error: no Python 3.10-3.12 found and uv could not download one: install one (e.g. brew install python@3.12) or run make PYTHON=/path/to/python3.12
+NO_PYTHON := error: no Python 3.10-3.12 found and uv could not download one (offline?): install one (e.g. brew install python@3.12) or run make PYTHON=/path/to/python3.12
 
 .PHONY: install train test lint format bench sweep lock clean
 
@@ -31,7 +31,7 @@ ifdef PYTHON
 else
 	@PATH='$(SEARCH_PATH)' $(UV) venv --quiet --no-python-downloads --python 3.12 $(VENV) 2>/dev/null \
 	  || PATH='$(SEARCH_PATH)' $(UV) venv --quiet --no-python-downloads --python '>=3.10,<3.12' $(VENV) 2>/dev/null \
-	  || $(UV) venv --quiet --python 3.12 $(VENV) \
+	  || $(UV) venv --quiet --python 3.12 $(VENV) 2>/dev/null \
 	  || { echo "$(NO_PYTHON)"; exit 2; }
 endif
 	@$(BIN)/python -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] < (3, 13))' || { \
