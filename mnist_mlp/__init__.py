@@ -33,8 +33,17 @@ def native_stderr_silenced() -> Iterator[None]:
 
 
 def import_tensorflow_quietly() -> None:
-    """Import TensorFlow without its start-up noise; later imports reuse the loaded module."""
+    """Import TensorFlow without its start-up noise; later imports reuse the loaded module.
+
+    A TensorFlow that the installed Metal plugin cannot load with raises BrokenInstall first (one line saying how to
+    fix it) instead of the plugin's traceback.
+    """
     if "tensorflow" in sys.modules:
         return
+    from mnist_mlp.errors import BrokenInstall
+    from mnist_mlp.versions import installed_metal_clash
+
+    if clash := installed_metal_clash():
+        raise BrokenInstall(clash)
     with native_stderr_silenced(), contextlib.suppress(ImportError):  # a broken install: the real import reports it
         import tensorflow  # noqa: F401

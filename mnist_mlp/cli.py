@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_mlp import import_tensorflow_quietly
+from mnist_mlp import __version__, import_tensorflow_quietly
 from mnist_mlp.errors import GpuMismatch, UserError
+from mnist_mlp.versions import runtime_versions
 
 if TYPE_CHECKING:
     from mnist_mlp.config import Config
@@ -232,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnist-mlp", description="MNIST digit classifier: an MLP with hand-written backprop in TensorFlow."
     )
+    # Package metadata only: TensorFlow is not imported, so this answers at once.
+    parser.add_argument("--version", action="version", version=f"mnist-mlp {__version__} ({runtime_versions()})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model and write its run folder")
@@ -301,11 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # train reads its data before TensorFlow's seconds of start-up, so bad data is reported at once;
-    # plot needs no TensorFlow at all.
-    if args.command not in ("train", "plot"):
-        import_tensorflow_quietly()
     try:
+        # train reads its data before TensorFlow's seconds of start-up, so bad data is reported at once;
+        # plot needs no TensorFlow at all.
+        if args.command not in ("train", "plot"):
+            import_tensorflow_quietly()
         return args.handler(args)
     except GpuMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib.metadata
 import os
 import sys
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import tensorflow as tf
 
 from mnist_mlp.config import RuntimeConfig
 from mnist_mlp.errors import ConfigError
+from mnist_mlp.versions import METAL_PLUGIN, installed
 
 CPU = "/CPU:0"
 STANDIN_ENV = "MNIST_MLP_STANDIN_GPU"
@@ -82,10 +82,7 @@ def available_gpu() -> str | None:
 
 def metal_plugin_version() -> str | None:
     """The installed tensorflow-metal's version (the Metal GPU plugin), None when absent."""
-    try:
-        return importlib.metadata.version("tensorflow-metal")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return installed(METAL_PLUGIN)
 
 
 def as_computed_on(device: str, activation: A) -> A:

@@ -66,8 +66,8 @@ def environment_problems() -> list[str]:
     problems = []
     if platform.system() == "Darwin" and platform.machine() == "arm64" and metal_plugin_version() is None:
         problems.append("tensorflow-metal is not installed, so TensorFlow sees no GPU (make install adds it)")
-    # The TensorFlow/tensorflow-metal version clash (issue 9, section 2) is checked where TensorFlow is first
-    # imported (mnist_mlp/__init__.py); its one-line message belongs in this list too.
+    # A TensorFlow that the installed Metal plugin cannot load never gets this far: import_tensorflow_quietly
+    # (mnist_mlp/__init__.py) stops every command, doctor included, with versions.metal_clash's one line.
     return problems
 
 

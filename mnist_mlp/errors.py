@@ -16,3 +16,7 @@ class DataError(UserError):
 class GpuMismatch(UserError):
     """The GPU's self-check found it computing other results than the CPU. Not the user's input at fault:
     the CLI prints the one line but exits 1."""
+
+
+class BrokenInstall(UserError):
+    """The installed packages cannot work together (found before importing them); the message says how to fix it."""

@@ -101,7 +101,7 @@ def check_gpu(config: Config, gpu: str) -> Verdict:
     orders = [trainer.epoch_order(1) for trainer in trainers]
     lr = learning_rate(config.train, 1)
     for trainer, order in zip(trainers, orders, strict=True):
-        trainer.run_steps(order, 0, CHECK_STEPS, lr)  # also traces: the timed calls below reuse the graph
+        trainer.run_steps(order, 0, CHECK_STEPS, lr, epoch=1)  # also traces: the timed calls below reuse the graph
     weights = [[v.numpy() for v in t.model.variables_in_order] for t in trainers]
     cpu_loss, gpu_loss = (_loss_on_cpu(config, w, data) for w in weights)
     difference = ""
@@ -116,7 +116,7 @@ def check_gpu(config: Config, gpu: str) -> Verdict:
     for _ in range(TIMED_REPEATS):
         for trainer, order, times in zip(trainers, orders, seconds, strict=True):
             call_started = time.perf_counter()
-            trainer.run_steps(order, 0, steps, lr)  # returns a float: the device has finished
+            trainer.run_steps(order, 0, steps, lr, epoch=1)  # returns a float: the device has finished
             times.append((time.perf_counter() - call_started) / steps)
     return Verdict(
         gpu=gpu,

@@ -18,19 +18,22 @@ from mnist_mlp.data import DATA_DIR_ENV, Mnist, Split, read_idx_folder, split
 from mnist_mlp.rundir import CheckpointState, RunDir
 
 REQUIRE_ENV = "MNIST_MLP_REQUIRE_DATA"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[1]
+# What a child process keeps of the caller's environment: where programs, home and temporary files are, and the
+# locale its text is decoded with. Nothing else, so settings in the user's shell (TF_CPP_MIN_LOG_LEVEL,
+# CUDA_VISIBLE_DEVICES, MNIST_MLP_*, PYTHON*) cannot change what a test sees.
+CHILD_ENV_KEPT = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The minimal environment for a child `python -m mnist_mlp` (or `-c`) running this checkout's code, plus extra."""
+    env = {name: os.environ[name] for name in CHILD_ENV_KEPT if name in os.environ}
+    return env | {"PYTHONPATH": str(REPO)} | extra
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    """An explicit environment for a `mnist-mlp` child process: PATH, a scratch HOME and cache, this
-    checkout's code, and `extra`; nothing else of the caller's shell (e.g. TF_CPP_MIN_LOG_LEVEL)."""
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "MNIST_MLP_CACHE_DIR": str(home / "cache"),
-        "PYTHONPATH": str(REPO),
-        **extra,
-    }
+    """child_env() with a scratch HOME and cache, so a child's cached GPU verdict stays out of the user's."""
+    return child_env(HOME=str(home), MNIST_MLP_CACHE_DIR=str(home / "cache"), **extra)
 
 
 def run_cli(home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
@@ -114,13 +117,3 @@ def folder_digest(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under `folder`: to show a command changed nothing."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
-
-
-def child_env(data_dir: Path | None = None) -> dict[str, str]:
-    """An explicit environment for a CLI child process: this checkout first on the path, the data folder,
-    and nothing else of the user's shell (TF_CPP_MIN_LOG_LEVEL and the like)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}  # fmt: skip
-    if data_dir is not None:
-        env[DATA_DIR_ENV] = str(data_dir)
-    return env

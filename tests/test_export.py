@@ -17,6 +17,7 @@ from mnist_mlp.errors import UserError
 from mnist_mlp.export import SavedModelWriter, export_saved_model, load_saved_model, restore_saved_model
 from mnist_mlp.model import MLP, predict_proba
 from mnist_mlp.rundir import SAVED_MODEL, RunDir
+from tests.conftest import child_env
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +151,6 @@ def test_loading_needs_tensorflow_only(exported, model, images, tmp_path):
         np.save({str(tmp_path / "out.npy")!r}, serve(images=tf.constant(images))["probabilities"].numpy())
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=child_env())
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), predict_proba(model, images).numpy(), rtol=1e-6)

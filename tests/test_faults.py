@@ -110,7 +110,7 @@ def leftovers(run: Path) -> list[str]:
 
 
 def test_sigkill_at_20_moments_then_resume_gives_the_uninterrupted_weights(tmp_path, mnist_dir):
-    env = child_env(mnist_dir)
+    env = child_env(MNIST_MLP_DATA_DIR=str(mnist_dir))
     fresh = ["train", "--out", "run", *SMALL, "--set", f"train.epochs={EPOCHS}", "--quiet"]
     started = time.monotonic()
     reference = start(*fresh[:2], "ref", *fresh[3:], cwd=tmp_path, env=env)
@@ -182,7 +182,7 @@ def test_four_runs_started_at_once_with_default_names_each_get_their_own_folder(
     from mnist_mlp.data import load_mnist
     from mnist_mlp.run import train_and_evaluate
 
-    env = child_env(mnist_dir)
+    env = child_env(MNIST_MLP_DATA_DIR=str(mnist_dir))
     children = [start("train", *SMALL, "--set", "train.epochs=2", "--set", f"seed={seed}", "--quiet",
                       cwd=tmp_path, env=env) for seed in range(4)]  # fmt: skip
     for child in children:
@@ -231,7 +231,7 @@ def after_an_epoch_of(child_started: float, trials: Path) -> Callable[[], bool]:
 
 
 def test_a_sweep_stopped_by_sigint_and_sigterm_then_resumed_loses_and_mixes_nothing(tmp_path, mnist_dir):
-    env = child_env(mnist_dir)
+    env = child_env(MNIST_MLP_DATA_DIR=str(mnist_dir))
     (tmp_path / "sweep.yaml").write_text(SWEEP)
     started = time.monotonic()
     reference = start("sweep", "sweep.yaml", "--out", "ref", "--workers", "2", cwd=tmp_path, env=env)

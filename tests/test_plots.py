@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from mnist_mlp.results import Evaluation, Weights, confusion_matrix
 from mnist_mlp.run import epoch_row, train_and_evaluate
 from mnist_mlp.rundir import PREDICTIONS_FILE, WEIGHTS_FILE, RunDir
 from mnist_mlp.training import EpochProgress
-from tests.conftest import synthetic_mnist
+from tests.conftest import child_env, synthetic_mnist
 
 ALL_PLOTS = ["loss.png", "accuracy.png", "per_digit_error.png", "confusion_matrix.png", "misclassified.png",
              "summary.png", "weights.png", "sparsity.png", "activations.png"]  # fmt: skip
@@ -218,8 +217,7 @@ def test_the_plot_code_needs_no_tensorflow(finished_run):
         loaded = [m for m in ("tensorflow", "mnist_mlp.training", "mnist_mlp.run") if m in sys.modules]
         assert not loaded, loaded
     """)
-    repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=repo)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=child_env())
     assert done.returncode == 0, done.stderr
 
 

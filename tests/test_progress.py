@@ -125,7 +125,7 @@ def test_train_with_stdout_in_a_pipe_prints_lines_and_no_tensorflow_noise(tmp_pa
     """A real `mnist-mlp train` with stdout and stderr captured, as in CI."""
     command = [sys.executable, "-m", "mnist_mlp", "train", "--out", str(tmp_path / "run"), "--set", "train.epochs=2",
                "--set", "data.train_limit=20000", "--set", "train.steps_per_call=50"]  # fmt: skip
-    env = child_env(mnist_dir)
+    env = child_env(MNIST_MLP_DATA_DIR=str(mnist_dir))
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""

@@ -252,7 +252,7 @@ def test_divergence_is_recorded_not_crashed(tmp_path, config):
 def test_sigterm_to_a_training_process_checkpoints_exits_143_and_resumes(tmp_path, mnist_dir, monkeypatch):
     """A real `mnist-mlp train` child process, killed politely after its first epoch, then resumed."""
     out = tmp_path / "run"
-    env = child_env(mnist_dir)
+    env = child_env(MNIST_MLP_DATA_DIR=str(mnist_dir))
     command = [sys.executable, "-m", "mnist_mlp", "train", "--out", str(out), "--set", "train.epochs=3",
                "--set", "train.steps_per_call=50"]  # fmt: skip
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

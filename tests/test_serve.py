@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from mnist_mlp.images import load_digit
 from mnist_mlp.predict import load_model
 from mnist_mlp.rundir import SAVED_MODEL, RunDir
 from mnist_mlp.serve import MAX_BODY, PAGE, TOP_UNITS, make_server
+from tests.conftest import child_env
 
 
 @contextmanager
@@ -277,8 +277,7 @@ def test_a_content_length_that_is_not_a_number_gets_400(url):
 @pytest.mark.slow  # a second process importing TensorFlow: 10 to 40 s here
 def test_serve_command_prints_its_url_and_stops_on_ctrl_c(random_run):
     """A real `mnist-mlp serve` process: the URL line, a working page, then SIGINT: one line, exit 130."""
-    repo = Path(mnist_mlp.__file__).parents[1]
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1"}
+    env = child_env(PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "mnist_mlp", "serve", str(random_run), "--port", "0"]
     # As in a terminal: SIGINT at its default, even when these tests run as a background job that ignores it.
     child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import mnist_mlp
+from tests.conftest import child_env
 
 PACKAGE = Path(mnist_mlp.__file__).parent
 # `mnist-mlp plot` and the sweep report need no TensorFlow; neither does describing a run.
-TENSORFLOW_FREE = ("config", "data", "history", "plots", "progress", "results", "rundir", "sweep_file", "sweep_report")
+TENSORFLOW_FREE = ("config", "data", "history", "plots", "progress", "results", "rundir", "sweep_file", "sweep_report",
+                   "versions")  # fmt: skip
 
 
 def package_imports(path: Path) -> set[str]:
@@ -73,6 +75,5 @@ def test_the_cycle_check_finds_a_circle_through_a_type_hint(tmp_path):
 def test_results_run_files_and_plots_load_without_tensorflow():
     imports = "; ".join(f"import mnist_mlp.{name}" for name in TENSORFLOW_FREE)
     check = f"import sys; {imports}; print('tensorflow' in sys.modules)"
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PACKAGE.parent)}
-    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=child_env(), check=True)
     assert out.stdout.strip() == "False"

@@ -1,0 +1,108 @@
+"""requirements.lock, which `make install` installs from: in step with pyproject.toml, hashed, for every platform."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from tests.conftest import REPO
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as pytest's dependency there
+    import tomli as tomllib
+
+LOCK = REPO / "requirements.lock"
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)\s*(?:;\s*(?P<marker>[^\\]+?))?\s*\\?$")
+MAC = {"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64"}
+LINUX_X86 = {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64"}
+LINUX_ARM = {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "aarch64"}
+PYTHONS = ("3.10", "3.11", "3.12")
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: Version
+    marker: Marker | None
+    hashes: int
+
+    def applies(self, platform: dict[str, str], python: str) -> bool:
+        env = platform | {"python_version": python, "python_full_version": f"{python}.0"}
+        return self.marker is None or self.marker.evaluate(env)
+
+
+def read_lock() -> list[Pin]:
+    """Each `name==version ; marker` entry with the number of `--hash` lines that follow it."""
+    pins: list[Pin] = []
+    for line in LOCK.read_text().splitlines():
+        if match := PIN.match(line):
+            marker = Marker(match["marker"]) if match["marker"] else None
+            pins.append(Pin(canonicalize_name(match["name"]), Version(match["version"]), marker, 0))
+        elif line.strip().startswith("--hash=sha256:"):
+            pins[-1] = Pin(pins[-1].name, pins[-1].version, pins[-1].marker, pins[-1].hashes + 1)
+    return pins
+
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def direct_requirements() -> list[Requirement]:
+    project = pyproject()["project"]
+    return [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"]["dev"]]
+
+
+@pytest.fixture(scope="module")
+def pins() -> list[Pin]:
+    return read_lock()
+
+
+@pytest.mark.parametrize("requirement", direct_requirements(), ids=str)
+def test_every_pin_of_a_direct_dependency_satisfies_its_range_in_pyproject(requirement, pins):
+    locked = [pin for pin in pins if pin.name == canonicalize_name(requirement.name)]
+    assert locked, f"{requirement.name} is not in requirements.lock: run make lock"
+    for pin in locked:
+        assert requirement.specifier.contains(pin.version, prereleases=True), (
+            f"requirements.lock pins {pin.name}=={pin.version}, pyproject.toml asks {requirement}: run make lock"
+        )
+
+
+def test_the_build_backend_make_install_uses_is_locked_too(pins):
+    """`make install` builds the editable project with the lock's setuptools (no build isolation, no index)."""
+    for text in pyproject()["build-system"]["requires"]:
+        requirement = Requirement(text)
+        locked = [pin.version for pin in pins if pin.name == canonicalize_name(requirement.name)]
+        assert locked and all(requirement.specifier.contains(v) for v in locked), (requirement, locked)
+
+
+def test_every_pin_is_hashed(pins):
+    assert pins and all(pin.hashes >= 1 for pin in pins), [pin.name for pin in pins if not pin.hashes]
+
+
+def test_metal_is_pinned_for_apple_silicon_only(pins):
+    [metal] = [pin for pin in pins if pin.name == "tensorflow-metal"]
+    assert metal.version == Version("1.2.0")
+    assert all(metal.applies(MAC, python) for python in PYTHONS)
+    assert not any(metal.applies(linux, python) for linux in (LINUX_X86, LINUX_ARM) for python in PYTHONS)
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+@pytest.mark.parametrize("platform", [LINUX_X86, LINUX_ARM, MAC], ids=["linux-x86_64", "linux-aarch64", "macos-arm64"])
+def test_each_supported_platform_gets_one_version_of_each_package(platform, python, pins):
+    chosen = [pin.name for pin in pins if pin.applies(platform, python)]
+    assert len(chosen) == len(set(chosen)), sorted({name for name in chosen if chosen.count(name) > 1})
+    assert {"tensorflow", "pytest", "ruff"} <= set(chosen)
+
+
+def test_the_lock_names_no_package_index():
+    """Installs go to the installer's configured index; the lock records none (nor any other address)."""
+    text = LOCK.read_text()
+    options = ("-i", "--index", "--extra-index", "--find-links")
+    assert not [line for line in text.splitlines() if line.startswith(options)] and "://" not in text
