@@ -338,11 +338,17 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tmp_pa
         train_and_evaluate(run.read_config().replace(**{"train.epochs": 4}), run, resume=True, mnist=mnist)
 
 
-def test_with_early_stopping_the_best_epoch_is_exported_and_reported(tmp_path, config):
+@pytest.mark.parametrize(
+    "settings",
+    [{"train.learning_rate": 0.05}, {"train.optimizer": "adam", "train.learning_rate": 0.01}],
+    ids=["sgd", "adam"],
+)
+def test_with_early_stopping_the_best_epoch_is_exported_and_reported(tmp_path, config, settings):
+    """Also with an optimizer's slots in the checkpoints: the export reads the best checkpoint's weights alone."""
     from mnist_mlp.export import SavedModelWriter, load_saved_model
     from mnist_mlp.plots import PlotWriter
 
-    config = config.replace(**{"train.epochs": 8, "train.patience": 2, "train.learning_rate": 0.05})
+    config = config.replace(**{"train.epochs": 8, "train.patience": 2, **settings})
     run = RunDir.create(tmp_path / "run", "t")
     mnist = synthetic_mnist(n_validation=60)  # random labels: the validation loss soon rises again
     result = train_and_evaluate(config, run, [PlotWriter(), SavedModelWriter()], mnist=mnist)
