@@ -81,7 +81,7 @@ def test_compiled_calls_do_not_retrace_across_steps_or_epochs(tiny_config, setti
     trainer.evaluate(trainer.images[:37], trainer.labels[:37])
     assert trainer.train_steps.experimental_get_tracing_count() == 1
     assert trainer.train_step.experimental_get_tracing_count() == 1
-    assert trainer.evaluate_chunk.experimental_get_tracing_count() == 1
+    assert trainer.evaluate_split.experimental_get_tracing_count() == 1
 
 
 def test_same_seed_same_config_gives_bit_identical_weights(tiny_config):
@@ -189,3 +189,16 @@ def test_gpu_request_without_a_gpu_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="runtime.device is gpu but TensorFlow lists no GPU"):
         require_gpu(Config().runtime.__class__(device="gpu"))
+
+
+def test_evaluation_in_one_call_matches_a_numpy_count_across_chunk_boundaries(tiny_config, monkeypatch):
+    monkeypatch.setattr(training, "EVAL_CHUNK", 64)  # 200 images: chunks of 64, 64, 64 and 8
+    trainer = make_trainer(tiny_config)
+    evaluation = trainer.evaluate(trainer.images, trainer.labels)
+    _, logits = forward(trainer.model, to_columns(trainer.images))
+    logits = logits.numpy().astype(np.float64)
+    labels = trainer.labels.numpy().astype(np.int64)
+    log_p = logits - np.log(np.exp(logits - logits.max(axis=0)).sum(axis=0)) - logits.max(axis=0)
+    np.testing.assert_allclose(evaluation.loss, -log_p[labels, np.arange(200)].mean(), rtol=1e-6)
+    np.testing.assert_array_equal(evaluation.predictions, logits.argmax(axis=0))
+    np.testing.assert_array_equal(evaluation.confusion, confusion_matrix(labels, logits.argmax(axis=0)))
