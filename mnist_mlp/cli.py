@@ -24,8 +24,10 @@ EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a diffe
 def cmd_train(args: argparse.Namespace) -> int:
     from mnist_mlp.config import load_config
     from mnist_mlp.data import load_mnist
+    from mnist_mlp.plots import PlotWorker
     from mnist_mlp.rundir import RunDir
 
+    run = None
     if args.resume:
         if args.config or args.set or args.out:
             raise UserError("--resume continues a run with its own config.yaml; drop --config, --set and --out")
@@ -34,6 +36,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, args.set)
     mnist = load_mnist(config.data)  # bad data fails before TensorFlow starts and before any folder is made
+    plot_worker = PlotWorker()  # imports matplotlib while TensorFlow starts; draws while the model is exported
+    try:
+        return _train(args, config, mnist, run, plot_worker)
+    finally:
+        plot_worker.close()
+
+
+def _train(args: argparse.Namespace, config, mnist, run, plot_worker) -> int:
+    """cmd_train once the config and data are known: TensorFlow, the run folder, the listeners, the epochs."""
+    from mnist_mlp.rundir import RunDir
+
     import_tensorflow_quietly()
     from mnist_mlp.export import SavedModelWriter
     from mnist_mlp.gpu_check import choose_device
@@ -49,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = RunDir.create(args.out, name, overwrite=args.overwrite)
     console = Console(config.train.epochs, quiet=args.quiet, batch_size=config.train.batch_size)
     # Plots and TensorBoard first: the console's closing lines name their files.
-    listeners = [PlotWriter(), TensorBoardWriter(run.tensorboard), SavedModelWriter(), console]
+    listeners = [PlotWriter(plot_worker), TensorBoardWriter(run.tensorboard), SavedModelWriter(), console]
     try:
         train_and_evaluate(config, run, listeners, resume=bool(args.resume), mnist=mnist, device=device)
     except Diverged as exc:

@@ -225,6 +225,8 @@ def train_and_evaluate(
     result = RunResult(run, config, metrics, history, final, mnist, trainer.model)
     for listener in listeners:
         listener.on_finish(result)
+    for listener in listeners:
+        listener.on_close()
     return result
 
 
