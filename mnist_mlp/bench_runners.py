@@ -93,7 +93,7 @@ class TrainEpochs(TrainerRunner):
 
     def train(self, steps: int) -> None:
         if steps != self.trainer.steps_per_epoch:  # the loss check's few steps: the same compiled call
-            self.trainer.run_steps(self.order, 0, steps, self.lr)
+            self.trainer.run_steps(self.order, 0, steps, self.lr, epoch=1)
             return
         train_epoch(self.trainer, EpochProgress(epoch=1))
 

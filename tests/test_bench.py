@@ -179,7 +179,7 @@ def test_jax_epoch_follows_the_trainers_fast_path_with_l1():
     jax_row = bench_runners.JaxScan(data, order, batch=20, lr=lr, initial=initial, l1=config.train.l1)
     jax_row.reset()
     jax_row.run(5)
-    trainer.run_steps(tf.constant(order), 0, 5, lr)
+    trainer.run_steps(tf.constant(order), 0, 5, lr, epoch=1)
     ours = [v.numpy() for v in trainer.model.variables_in_order]
     for jax_weights, our_weights in zip(jax_row.weights(), ours, strict=True):
         np.testing.assert_allclose(jax_weights, our_weights, rtol=1e-5, atol=1e-6)
