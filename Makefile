@@ -14,6 +14,8 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 CONFIG ?= configs/default.yaml
 ARGS ?=
+# uv trusts the machine's certificate store, as pip and curl do (a company proxy's CA, or CI's, lives there).
+export UV_SYSTEM_CERTS ?= true
 
 # uv looks for interpreters on PATH only; pyenv's versions are searched too, after PATH.
 PYENV_BINS := $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.1[0-2].*/bin)

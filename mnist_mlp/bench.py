@@ -34,18 +34,20 @@ import tensorflow as tf
 from mnist_mlp import native_stderr_silenced
 from mnist_mlp.bench_runners import (
     FastPath,
+    JaxScan,
     KerasFit,
     NumpyLoop,
     Runner,
     StepPath,
     TapeLoop,
+    TrainEpochs,
     numpy_loss,
 )
 from mnist_mlp.config import Config, DataConfig
 from mnist_mlp.data import DATA_DIR_ENV, Split, load_mnist, tfds_cached
 from mnist_mlp.device import CPU, STANDIN_ENV, STANDIN_GPU, Device, available_gpu, standin_mode
 from mnist_mlp.errors import UserError
-from mnist_mlp.gpu_check import CHECK_RTOL, CHECK_STEPS, losses_agree
+from mnist_mlp.gpu_check import CHECK_RTOL, CHECK_STEPS, choose_device, losses_agree
 from mnist_mlp.model import MLP
 from mnist_mlp.rundir import atomic_write
 from mnist_mlp.training import Trainer
@@ -179,12 +181,37 @@ def runners_for(trainer: Trainer, train: Split, order: np.ndarray, initial: list
 def measure(device: str, runner: Runner, batch: int, steps: int, repeats: int, yardstick: Split) -> tuple[Result, dict]:
     """Time one runner, then train CHECK_STEPS steps afresh; the common loss of both sets of weights it ends with."""
     warmup, seconds, weights = time_runner(runner, steps, repeats)
+    return checked_result(device, runner, batch, steps, seconds, weights, yardstick, warmup)
+
+
+def checked_result(
+    device: str, runner: Runner, batch: int, steps: int, seconds: list, weights: list, yardstick: Split, warmup=0.0
+) -> tuple[Result, dict]:
+    """A Result from timings and the weights after the timed steps, with both losses of the check; and the weights."""
     runner.reset()
     runner.run(min(CHECK_STEPS, steps))
     check_weights = [np.array(w) for w in runner.weights()]
     losses = [numpy_loss(w, yardstick.images, yardstick.labels) for w in (weights, check_weights)]
     result = Result(device, runner.key, runner.label, batch, steps, seconds, *losses, warmup_seconds=warmup)
     return result, {"final": weights, "check": check_weights}
+
+
+def time_interleaved(runners: list[Runner], steps: int, repeats: int) -> tuple[list[list[float]], list[list]]:
+    """A warm-up of each, then `repeats` rounds in which each runner trains `steps` steps from its initial
+    weights in turn, so a change in the machine's load falls on all alike. Returns the seconds and the
+    weights after the last round, per runner."""
+    with native_stderr_silenced():
+        for runner in runners:
+            runner.reset()
+            runner.run(steps)
+    seconds: list[list[float]] = [[] for _ in runners]
+    for _ in range(repeats):
+        for runner, times in zip(runners, seconds, strict=True):
+            runner.reset()
+            started = time.perf_counter()
+            runner.run(steps)
+            times.append(time.perf_counter() - started)
+    return seconds, [[np.array(w) for w in runner.weights()] for runner in runners]
 
 
 # --- the whole bench -----------------------------------------------------------------------------------
@@ -219,13 +246,55 @@ def run_bench(
         batch_results = bench_batch(devices, bench_config(batch), train, steps, options.repeats, yardstick, say)
         finish_batch(batch_results, matmul, flops_per_image(sizes))
         results += batch_results
+    peers = peer_ratios(train, options, yardstick, say)
     context = {
+        "peers": peers,
         "load_average": {"before": load_before, "after": _load_average()},
         "matmul_gflops": matmul,
         "flops_per_image": flops_per_image(sizes),
         "architecture": "-".join(map(str, sizes)),
     }
     return results, context
+
+
+def peer_ratios(train: Split, options: BenchOptions, yardstick: Split, say) -> dict:
+    """The epoch `mnist-mlp train` runs with the default config as shipped (device and XLA as runtime `auto`
+    picks them, L1 included) against the same epoch written with JAX, NumPy and Keras `fit`, each with the
+    same L1 term, from the same weights on the same batches. Timed interleaved; medians of the repeats."""
+    config = Config()
+    split = train.head(min(options.images_per_repeat, len(train)))
+    trainer = Trainer(config, split, choose_device(config))
+    batch, lr, l1 = config.train.batch_size, config.train.learning_rate, config.train.l1
+    steps = trainer.steps_per_epoch
+    order = trainer.epoch_order(1).numpy()[: steps * batch]
+    initial = [v.numpy() for v in trainer.model.variables_in_order]
+    runners = [TrainEpochs(trainer, order, initial), *jax_runner(split, order, batch, lr, initial, l1)]
+    if len(runners) == 1:
+        say("JAX row skipped: jax is not installed (pip install -e '.[bench]')")
+    runners.append(NumpyLoop(split, order, batch, lr, initial, l1))
+    runners.append(KerasFit(trainer.device.name, trainer.model.sizes, split, order, batch, lr, initial, l1))
+    load_before = _load_average()
+    seconds, final_weights = time_interleaved(runners, steps, options.repeats)
+    device = short_name(trainer.device.name)
+    rows, reference = [], None
+    for runner, times, weights in zip(runners, seconds, final_weights, strict=True):
+        result, checked = checked_result(device, runner, batch, steps, times, weights, yardstick)
+        reference = reference or (result, checked)
+        compare(result, checked, *reference)
+        rows.append(result)
+    ours = statistics.median(rows[0].seconds)
+    peers = {
+        "device": trainer.device.describe(),
+        "batch_size": batch,
+        "l1": l1,
+        "images": steps * batch,
+        "repeats": options.repeats,
+        "load_average": {"before": load_before, "after": _load_average()},
+        "results": [asdict(r) for r in rows],
+        "speedup": {r.implementation: statistics.median(r.seconds) / ours for r in rows[1:]},
+    }
+    say(format_peers(peers))
+    return peers
 
 
 def bench_batch(
@@ -243,6 +312,7 @@ def bench_batch(
         runners = runners_for(trainer, train, order, initial)
         if device is devices[0]:
             runners.append(NumpyLoop(train, order, batch, config.train.learning_rate, initial))
+            runners += jax_runner(train, order, batch, config.train.learning_rate, initial)
         for runner in runners:
             result, weights = measure(short_name(device.name), runner, batch, steps, repeats, yardstick)
             reference = reference or (result, weights)
@@ -250,6 +320,14 @@ def bench_batch(
             results.append(result)
             say(_progress_line(result))
     return results
+
+
+def jax_runner(train: Split, order: np.ndarray, batch: int, lr: float, initial, l1: float = 0.0) -> list[Runner]:
+    """The JAX peer, or nothing when JAX is not installed (the bench extra: pip install -e '.[bench]')."""
+    try:
+        return [JaxScan(train, order, batch, lr, initial, l1)]
+    except ImportError:
+        return []
 
 
 def compare(result: Result, weights: dict, reference: Result, reference_weights: dict) -> None:
@@ -422,7 +500,7 @@ def bench_document(results: list[Result], context: dict, options: BenchOptions, 
         **context,
         "loss_checks": {"check_steps": CHECK_STEPS, "check_rtol": CHECK_RTOL, "final_rtol": FINAL_RTOL},
         "results": [asdict(r) for r in results],
-        "mismatches": mismatches(results),
+        "mismatches": mismatches(results + [Result(**r) for r in context["peers"]["results"]]),
         "summary": summary(results, env["devices"][0]["name"]),
     }
 
@@ -475,9 +553,27 @@ def format_summary(document: dict) -> str:
         lines.append(
             f"{s['device']}, batch {s['batch_size']}: XLA makes the fast path {s['xla_over_fast']:.2f}x as fast"
         )
+    lines.append(format_peers(document["peers"]))
     load = document["load_average"]
     lines.append(f"data: {document['data']['source']}; load average before/after: {load['before']} / {load['after']}")
     lines += [f"MISMATCH: {line}" for line in document["mismatches"]]
+    return "\n".join(lines)
+
+
+def format_peers(peers: dict) -> str:
+    """The headline: how many times as fast the default `mnist-mlp train` epoch is as each peer, with timings."""
+    rows = [Result(**r) for r in peers["results"]]
+    ours = rows[0]
+    lines = [
+        f"the epoch `mnist-mlp train` runs with the default config ({peers['device']}, batch {peers['batch_size']}, "
+        f"L1 {peers['l1']:g}, {peers['images']:,} images): {statistics.median(ours.seconds):.3f} s "
+        f"(median of {peers['repeats']}, interleaved with its peers; load average {peers['load_average']['before']})"
+    ]
+    for r in rows[1:]:
+        check = "loss ok" if r.loss_matches else "loss MISMATCH"
+        lines.append(
+            f"  {peers['speedup'][r.implementation]:.2f}x {r.label} ({statistics.median(r.seconds):.3f} s, {check})"
+        )
     return "\n".join(lines)
 
 

@@ -17,6 +17,8 @@ from mnist_mlp.versions import runtime_versions
 
 if TYPE_CHECKING:
     from mnist_mlp.config import Config
+    from mnist_mlp.data import Mnist
+    from mnist_mlp.plots import PlotWorker
     from mnist_mlp.run import RunPlan
     from mnist_mlp.rundir import RunDir
 
@@ -31,9 +33,11 @@ EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a diffe
 def cmd_train(args: argparse.Namespace) -> int:
     """Check everything, then make the run folder, then train: a failed check leaves nothing behind."""
     from mnist_mlp.data import load_mnist
+    from mnist_mlp.plots import PlotWorker
     from mnist_mlp.rundir import RunDir, check_out_path
 
     # 1. Every check that can fail, before anything is made or touched.
+    run = None
     if args.resume:
         if args.config or args.out or args.overwrite:
             raise UserError("--resume continues a run with its own config.yaml; drop --config, --out and --overwrite")
@@ -43,6 +47,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = new_config(args)
         check_out_path(args.out or Path("runs"), overwrite=args.overwrite)
     mnist = load_mnist(config.data)  # bad data fails before TensorFlow starts
+    plot_worker = PlotWorker()  # imports matplotlib while TensorFlow starts; draws while the model is exported
+    try:
+        return _train(args, config, mnist, run, plot_worker)
+    finally:
+        plot_worker.close()
+
+
+def _train(args: argparse.Namespace, config: Config, mnist: Mnist, run: RunDir | None, plot_worker: PlotWorker) -> int:
+    """cmd_train once the config and data are known: TensorFlow, the last checks, the run folder, the epochs."""
+    from mnist_mlp.rundir import RunDir
+
     import_tensorflow_quietly()
     from mnist_mlp.run import plan_run
 
@@ -52,7 +67,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name = Path(args.config).stem if args.config else "default"
         run = RunDir.create(args.out, name, overwrite=args.overwrite, config=plan.config)
     try:
-        status = train_in(run, plan, args)
+        status = train_in(run, plan, args, plot_worker)
     except BaseException:
         if not args.resume:
             run.abandon()
@@ -95,7 +110,7 @@ def resumed_config(run: RunDir, args: argparse.Namespace) -> Config:
     return config
 
 
-def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace) -> int:
+def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace, plot_worker: PlotWorker) -> int:
     """Train `plan` into `run` with the console, plots, TensorBoard and SavedModel; the exit status."""
     import tensorflow as tf
 
@@ -108,7 +123,7 @@ def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace) -> int:
 
     console = Console(plan.config.train.epochs, quiet=args.quiet, batch_size=plan.config.train.batch_size)
     # Plots and TensorBoard first: the console's closing lines name their files.
-    listeners = [PlotWriter(), TensorBoardWriter(run), SavedModelWriter(), console]
+    listeners = [PlotWriter(plot_worker), TensorBoardWriter(run), SavedModelWriter(), console]
     try:
         train(plan, run, listeners, resume=bool(args.resume))
     except Diverged as exc:

@@ -114,8 +114,9 @@ def gpu_device(config: RuntimeConfig, name: str, reason: str = "") -> Device:
 
 
 def _jit(config: RuntimeConfig) -> bool:
-    # auto: off. On the CPU XLA measured 0.93-1.15x at batch 50 (README, Speed), its ~0.5 s compilation eats
-    # that in a default run, and it breaks bit-identity with the step path; Metal has no XLA at all.
+    # auto: off. On the CPU XLA measured 0.93-1.15x at batch 50 on a quiet machine and 0.86-1.01x on a loaded
+    # one, where it also spent more CPU time than the plain graph (README, Speed); its ~0.5 s compilation eats
+    # that in a default run, and it breaks bit-identity with the step path. Metal has no XLA at all.
     return False if config.jit_compile == "auto" else config.jit_compile
 
 

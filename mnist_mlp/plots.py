@@ -10,7 +10,10 @@ weights file the run writes after each epoch (NumPy, so no TensorFlow is needed 
 
 from __future__ import annotations
 
+import io
 import math
+import multiprocessing
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,13 +88,82 @@ class PlotReport:
 
 
 class PlotWriter(Listener):
-    """At the end of a run: keep the test predictions and draw every plot into DIR/plots/."""
+    """At the end of a run: keep the test predictions and draw every plot into DIR/plots/.
+
+    With a PlotWorker the drawing happens in that process while the other listeners finish (the SavedModel
+    export): on_finish hands it the figures' data, on_close waits until every plot is written.
+    """
+
+    def __init__(self, worker: PlotWorker | None = None):
+        self.worker = worker
+        self.job: tuple | None = None
 
     def on_finish(self, result: RunResult) -> None:
         predictions = result.final["test"].predictions
         save_predictions(result.run, predictions)
         weights = Weights.of(result.model)
-        write_plots(result.run, result.history, result.mnist.test, predictions, result.config, weights, result.metrics)
+        self.job = (result.run, result.history, result.mnist.test, predictions, result.config, weights, result.metrics)
+        if self.worker is None or not self.worker.submit(self.job):
+            self.on_close()
+
+    def on_close(self) -> None:
+        job, self.job = self.job, None
+        if job is not None and (self.worker is None or self.worker.wait() is None):
+            write_plots(*job)  # no worker, or it failed: draw here (an error is raised from here)
+
+
+class PlotWorker:
+    """A spawned process that imports matplotlib at once and then draws one run's plots on request.
+
+    Started before TensorFlow, it loads matplotlib and its fonts while the main process starts TensorFlow
+    and trains; at the end it draws while the main process exports the SavedModel. Spawned, not forked:
+    forking a process that runs TensorFlow's threads is unsafe. A worker that fails leaves the drawing to
+    the caller (PlotWriter draws in-process).
+    """
+
+    def __init__(self):
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve_plots, args=(child,), daemon=True, name="mnist-mlp plots")
+        self.process.start()
+        child.close()
+
+    def submit(self, job: tuple) -> bool:
+        """Hand over write_plots' arguments; False if the worker is gone."""
+        try:
+            self.connection.send(job)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def wait(self) -> list[Path] | None:
+        """The plots written, once all are; None if the worker failed (it has then written nothing final)."""
+        try:
+            status, value = self.connection.recv()
+        except (EOFError, OSError):
+            status, value = "error", None
+        self.close()
+        return value if status == "ok" else None
+
+    def close(self) -> None:
+        self.connection.close()
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def _serve_plots(connection) -> None:
+    """The worker's main: warm up, wait for one job (or the pipe closing: the run ended without plots), draw."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    save_figure_to(new_figure(1, 1), io.BytesIO())  # loads the fonts and the PNG writer before it matters
+    try:
+        job = connection.recv()
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+    try:
+        connection.send(("ok", write_plots(*job)))
+    except Exception as exc:  # reported as a failure; the main process draws and raises the error itself
+        connection.send(("error", repr(exc)))
 
 
 # Entry points.
@@ -185,7 +257,11 @@ def save_predictions(run: RunDir, predictions: np.ndarray) -> Path:
 
 def save_figure(figure: Figure, path: Path) -> None:
     """Render to PNG; through atomic_write_with, so a crash never leaves half a picture."""
-    atomic_write_with(path, lambda file: figure.savefig(file, dpi=DPI, format="png"))
+    atomic_write_with(path, lambda file: save_figure_to(figure, file))
+
+
+def save_figure_to(figure: Figure, file) -> None:
+    figure.savefig(file, dpi=DPI, format="png")
 
 
 # History.
@@ -332,17 +408,24 @@ def confusion_figure(labels: np.ndarray, predictions: np.ndarray, name: str) -> 
 
 
 def misclassified_figure(test: Split, predictions: np.ndarray, name: str, per_digit: int = 5) -> Figure:
-    """Column d: the first `per_digit` test images of digit d that the model gets wrong, titled true → predicted."""
+    """Column d: the first `per_digit` test images of digit d that the model gets wrong, titled true → predicted.
+
+    One mosaic image in one axes, each digit's caption above its cell: fifty axes would take seconds to draw.
+    """
     wrong = np.flatnonzero(test.labels != predictions)
+    cell, gap, caption = 28, 4, 12  # pixels: a digit, the space beside it, the caption's band above it
+    height, width = cell + caption + gap, cell + gap
+    mosaic = np.full((per_digit * height, 10 * width), np.nan)  # NaN: transparent, the figure's white
     figure = new_figure(13, 1.45 * per_digit + 1.2)
-    axes = figure.subplots(per_digit, 10, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
+    ax = figure.subplots()
+    ax.set_axis_off()
     for digit in DIGITS:
         examples = wrong[test.labels[wrong] == digit][:per_digit]
-        for ax, index in zip(axes[:, digit], examples, strict=False):
-            ax.imshow(test.images[index], cmap="gray_r", vmin=0, vmax=255)
-            ax.set_title(f"{digit} → {predictions[index]}", fontsize=10)
+        for row, index in enumerate(examples):
+            top, left = row * height + caption, digit * width
+            mosaic[top : top + cell, left : left + cell] = test.images[index]
+            ax.text(left + cell / 2, top - 2, f"{digit} → {predictions[index]}", ha="center", va="bottom", fontsize=10)
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
     figure.suptitle(
         f"Misclassified test digits, true → predicted: first {per_digit} of each digit "
         f"({len(wrong):,} wrong of {len(test):,}) — {name}"

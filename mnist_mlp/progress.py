@@ -27,6 +27,7 @@ class Console(Listener):
         self.terminal = bool(getattr(self.stream, "isatty", lambda: False)())
         self._bar_length = 0  # characters of the bar now on screen (terminal only)
         self._reported = (0, 0)  # (epoch, quarter) of the last plain progress line
+        self.result: RunResult | None = None
 
     def say(self, text: str, always: bool = False) -> None:
         if always or not self.quiet:
@@ -84,6 +85,10 @@ class Console(Listener):
         )
 
     def on_finish(self, result: RunResult) -> None:
+        self.result = result  # the closing lines wait for on_close: other listeners may still be writing
+
+    def on_close(self) -> None:
+        result = self.result
         plots = sorted(p.name for p in result.run.plots.glob("*.png")) if result.run.plots.is_dir() else []
         if plots:
             self.say(f"plots in {result.run.plots}: {', '.join(plots)}", always=True)

@@ -138,3 +138,6 @@ class Listener:
         """After each finished epoch (after on_epoch): the model's weights at that point."""
 
     def on_finish(self, result: RunResult) -> None: ...
+
+    def on_close(self) -> None:
+        """After every listener's on_finish: complete what is still running, so all is written on return."""

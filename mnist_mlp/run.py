@@ -288,6 +288,8 @@ def train(plan: RunPlan, run: RunDir, listeners: list[Listener] = (), resume: bo
     result = RunResult(run, config, metrics, history, final, mnist, trainer.model)
     for listener in listeners:
         listener.on_finish(result)
+    for listener in listeners:
+        listener.on_close()
     run.write_metrics(metrics)  # last: a run with metrics.json has its SavedModel, predictions and plots
     return result
 

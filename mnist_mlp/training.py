@@ -27,9 +27,9 @@ from mnist_mlp.errors import ConfigError
 from mnist_mlp.gradients import loss_gradients
 from mnist_mlp.model import MLP, N_PIXELS, active_units, cross_entropy, forward, one_hot_columns, to_columns
 from mnist_mlp.optimizers import make_optimizer
-from mnist_mlp.results import Evaluation, confusion_matrix
+from mnist_mlp.results import Evaluation
 
-EVAL_CHUNK = 10000  # images per evaluation call: bounded memory, few calls
+EVAL_CHUNK = 10000  # images per matmul of an evaluation: bounded memory, big enough to run at full speed
 
 
 class Diverged(Exception):
@@ -90,8 +90,8 @@ class Trainer:
             self.images, self.labels = self.to_device(train)
         self.train_steps = tf.function(self._train_steps, jit_compile=device.jit_compile)
         self.train_step = tf.function(self.step)  # one step per call: the slow path, for bench and tests
-        self.evaluate_chunk = tf.function(
-            self._evaluate_chunk,
+        self.evaluate_split = tf.function(
+            self._evaluate_split,
             input_signature=[tf.TensorSpec([None, 784], tf.uint8), tf.TensorSpec([None], tf.uint8)],
         )
 
@@ -157,26 +157,38 @@ class Trainer:
             return float(self.train_steps(self.images, self.labels, order, *args))
 
     def evaluate(self, images: tf.Tensor, labels: tf.Tensor) -> Evaluation:
-        """Mean loss, confusion matrix and the hidden units ever active, over a split held on the device."""
-        total, predictions, active = 0.0, [], None
-        for start in range(0, int(labels.shape[0]), EVAL_CHUNK):
-            loss_sum, predicted, chunk_active = self.evaluate_chunk(
-                images[start : start + EVAL_CHUNK], labels[start : start + EVAL_CHUNK]
-            )
-            total += float(loss_sum)
-            predictions.append(predicted.numpy())
-            chunk_active = [a.numpy() for a in chunk_active]
-            active = chunk_active if active is None else [a | b for a, b in zip(active, chunk_active, strict=True)]
-        truth, predicted = labels.numpy(), np.concatenate(predictions)
-        return Evaluation(total / len(truth), predicted, confusion_matrix(truth, predicted), tuple(active or ()))
+        """Mean loss, predictions, confusion matrix and the hidden units ever active, over a split held on the
+        device: one compiled call."""
+        loss_sum, confusion, predictions, active = self.evaluate_split(images, labels)
+        n = int(labels.shape[0])
+        active = tuple(a.numpy() for a in active)
+        return Evaluation(float(loss_sum) / n, predictions.numpy(), confusion.numpy().astype(np.int64), active)
 
-    def _evaluate_chunk(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
-        with tf.device(self.device.name):
-            y = one_hot_columns(labels)
-            H, logits = forward(self.model, to_columns(images))
-            M = tf.cast(tf.shape(labels)[0], tf.float32)
+    def _evaluate_split(self, images: tf.Tensor, labels: tf.Tensor) -> tuple:
+        """The summed loss, confusion counts, predicted digits and active units, in chunks of EVAL_CHUNK images."""
+        n = tf.shape(labels)[0]
+        chunks = (n + EVAL_CHUNK - 1) // EVAL_CHUNK
+
+        def one_chunk(i, loss_sum, confusion, predictions, active):
+            x, y = images[i * EVAL_CHUNK : (i + 1) * EVAL_CHUNK], labels[i * EVAL_CHUNK : (i + 1) * EVAL_CHUNK]
+            Y = one_hot_columns(y)
+            H, logits = forward(self.model, to_columns(x))
             predicted = tf.argmax(logits, axis=0, output_type=tf.int32)
-            return cross_entropy(logits, y) * M, predicted, active_units(H)
+            M = tf.cast(tf.shape(y)[0], tf.float32)
+            loss_sum += tf.cast(cross_entropy(logits, Y) * M, tf.float64)
+            # Counts as Y Pᵀ of one-hot columns: exact in float32 (< 2^24 images), and a kernel every device has.
+            confusion += tf.matmul(Y, one_hot_columns(predicted), transpose_b=True)
+            active = [a | chunk for a, chunk in zip(active, active_units(H), strict=True)]
+            return i + 1, loss_sum, confusion, predictions.write(i, predicted), active
+
+        with tf.device(self.device.name):
+            none_active = [tf.zeros([size], tf.bool) for size in self.model.sizes[1:-1]]
+            start = (0, tf.constant(0.0, tf.float64), tf.zeros([N_CLASSES, N_CLASSES]))
+            found = tf.TensorArray(tf.int32, size=chunks, infer_shape=False)
+            _, loss_sum, confusion, found, active = tf.while_loop(
+                lambda i, *_: i < chunks, one_chunk, [*start, found, none_active]
+            )
+            return loss_sum, tf.cast(confusion, tf.int32), found.concat(), active
 
 
 @dataclass

@@ -6,6 +6,7 @@ No timing assertions: timings belong to the bench, not to the tests.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
@@ -157,6 +158,30 @@ def test_the_wrong_standin_gpu_is_a_mismatch_and_exit_1(tmp_path):
     document = json.loads(done.stdout)
     assert [d["name"] for d in document["environment"]["devices"]] == ["CPU:0", "CPU:1"]
     checks = {(r["device"], r["implementation"]): r["loss_matches"] for r in document["results"]}
-    assert checks == {("CPU:0", "fast"): True, ("CPU:0", "numpy"): True, ("CPU:1", "fast"): False}
+    expected = {("CPU:0", "fast"): True, ("CPU:0", "numpy"): True, ("CPU:1", "fast"): False}
+    if importlib.util.find_spec("jax"):  # the bench extra: the JAX row joins the CPU's
+        expected[("CPU:0", "jax")] = True
+    assert checks == expected
     assert document["mismatches"][0].startswith("CPU:1 fast path at batch 20: loss ")
     assert "GPU rows: CPU:1, the stand-in GPU (MNIST_MLP_STANDIN_GPU=wrong)" in done.stderr
+
+
+def test_jax_epoch_follows_the_trainers_fast_path_with_l1():
+    """The JAX row computes our update, L1 included: the same weights within float32 rounding, and its loss
+    passes the bench's tight check. Needs the bench extra (jax), which the dev extra includes."""
+    pytest.importorskip("jax")
+    config = Config().replace(**{"model.hidden": [16, 12], "train.batch_size": 20, "train.l1": 1e-3})
+    data = learnable_split(100)
+    trainer = Trainer(config, data, Device("/CPU:0", "cpu", jit_compile=False))
+    initial = [v.numpy() for v in trainer.model.variables_in_order]
+    order = trainer.epoch_order(1).numpy()
+    lr = config.train.learning_rate
+    jax_row = bench_runners.JaxScan(data, order, batch=20, lr=lr, initial=initial, l1=config.train.l1)
+    jax_row.reset()
+    jax_row.run(5)
+    trainer.run_steps(tf.constant(order), 0, 5, lr, epoch=1)
+    ours = [v.numpy() for v in trainer.model.variables_in_order]
+    for jax_weights, our_weights in zip(jax_row.weights(), ours, strict=True):
+        np.testing.assert_allclose(jax_weights, our_weights, rtol=1e-5, atol=1e-6)
+    losses = [bench_runners.numpy_loss(w, data.images, data.labels) for w in (jax_row.weights(), ours)]
+    assert bench.losses_agree(*losses, bench.CHECK_RTOL)

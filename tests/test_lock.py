@@ -55,8 +55,16 @@ def pyproject() -> dict:
 
 
 def direct_requirements() -> list[Requirement]:
+    """The project's and its dev extra's dependencies, expanding the extras the dev extra names (mnist-mlp[bench])."""
     project = pyproject()["project"]
-    return [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    extras, requirements = project["optional-dependencies"], []
+    for text in project["dependencies"] + extras["dev"]:
+        requirement = Requirement(text)
+        if canonicalize_name(requirement.name) == canonicalize_name(project["name"]):
+            requirements += [Requirement(inner) for extra in sorted(requirement.extras) for inner in extras[extra]]
+        else:
+            requirements.append(requirement)
+    return requirements
 
 
 @pytest.fixture(scope="module")

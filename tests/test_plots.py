@@ -3,6 +3,7 @@ per-digit errors; what the weights learned (sparsity and dead units in the histo
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from mnist_mlp import plots, training
 from mnist_mlp.cli import main
 from mnist_mlp.config import Config
 from mnist_mlp.errors import UserError
-from mnist_mlp.plots import PREDICTION_PLOTS, WEIGHT_PLOTS, PlotWriter, plot_run, weights_mosaic
+from mnist_mlp.plots import PREDICTION_PLOTS, WEIGHT_PLOTS, PlotWorker, PlotWriter, plot_run, weights_mosaic
 from mnist_mlp.results import Evaluation, Weights, confusion_matrix
 from mnist_mlp.run import epoch_row, train_and_evaluate
 from mnist_mlp.rundir import PREDICTIONS_FILE, WEIGHTS_FILE, RunDir
@@ -302,3 +303,27 @@ def test_the_summary_page_names_the_schedule_it_ran():
     cosine = Config().replace(**{"train.lr_schedule": "cosine", "train.epochs": 40, "train.learning_rate": 0.001}).train
     assert plots._schedule(step) == "0.4, × 0.5 every 3 epochs"
     assert plots._schedule(cosine) == "0.001, cosine towards 0 over 40 epochs"
+
+
+def replay_finish(result, writer: PlotWriter, folder) -> RunDir:
+    """The run's end once more, into another folder of the same name (the name titles the figures)."""
+    run = RunDir.create(folder / "run", "t")
+    writer.on_finish(dataclasses.replace(result, run=run))
+    writer.on_close()
+    return run
+
+
+def test_the_plot_worker_draws_the_same_pngs_as_the_main_process(finished_run, tmp_path):
+    original, result, _ = finished_run
+    run = replay_finish(result, PlotWriter(PlotWorker()), tmp_path)
+    for name in ALL_PLOTS:
+        assert (run.plots / name).read_bytes() == (original.plots / name).read_bytes(), name
+
+
+def test_a_dead_plot_worker_leaves_the_drawing_to_the_main_process(finished_run, tmp_path):
+    _, result, _ = finished_run
+    worker = PlotWorker()
+    worker.process.kill()
+    worker.process.join()
+    run = replay_finish(result, PlotWriter(worker), tmp_path)
+    assert sorted(p.name for p in run.plots.iterdir()) == sorted(ALL_PLOTS)

@@ -90,6 +90,7 @@ def test_quiet_prints_only_the_closing_summary(tmp_path):
     console = Console(2, quiet=True, stream=stream, batch_size=50)
     play(console)
     console.on_finish(finished(tmp_path, plots=("loss.png", "summary.png")))
+    console.on_close()
     lines = stream.getvalue().splitlines()
     assert lines == [
         f"plots in {tmp_path / 'plots'}: loss.png, summary.png",
@@ -101,7 +102,10 @@ def test_quiet_prints_only_the_closing_summary(tmp_path):
 def test_the_last_lines_name_the_plots_and_tensorboard_then_the_headline(tmp_path):
     (tmp_path / "tb").mkdir()
     stream = io.StringIO()
-    Console(2, stream=stream).on_finish(finished(tmp_path, plots=("summary.png", "accuracy.png")))
+    console = Console(2, stream=stream)
+    console.on_finish(finished(tmp_path, plots=("summary.png", "accuracy.png")))
+    assert stream.getvalue() == ""  # the closing lines wait until every listener has finished
+    console.on_close()
     plots_line, tensorboard_line, headline = stream.getvalue().splitlines()
     assert plots_line == f"plots in {tmp_path / 'plots'}: accuracy.png, summary.png"
     assert f"tensorboard --logdir {tmp_path / 'tb'}" in tensorboard_line  # bare or with the venv's path
