@@ -140,13 +140,19 @@ def test_train_with_stdout_in_a_pipe_prints_lines_and_no_tensorflow_noise(tmp_pa
     assert lines[-1].startswith("test accuracy ")
 
 
+def close(console: Console, result) -> None:
+    """The run's end as the console sees it: the result, then the closing lines once every listener is done."""
+    console.on_finish(result)
+    console.on_close()
+
+
 def test_the_closing_line_counts_one_epoch_in_the_singular_and_names_an_earlier_exported_epoch(tmp_path):
     stream = io.StringIO()
     one = finished(tmp_path)
     one.metrics["epochs"] = 1
-    Console(1, stream=stream).on_finish(one)
+    close(Console(1, stream=stream), one)
     assert "after 1 epoch (1.0 s training)" in stream.getvalue()
     stopped = finished(tmp_path)
     stopped.metrics |= {"epochs": 7, "model_epoch": 4, "validation_loss": 0.1}
-    Console(9, stream=stream).on_finish(stopped)
+    close(Console(9, stream=stream), stopped)
     assert "after 7 epochs, the model of epoch 4 (lowest validation loss) (1.0 s training)" in stream.getvalue()
