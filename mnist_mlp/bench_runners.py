@@ -15,10 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_mlp.data import Split
-from mnist_mlp.model import cross_entropy, forward, one_hot_columns, to_columns
+from mnist_mlp.model import cross_entropy, forward, one_hot_rows, to_rows
 from mnist_mlp.training import EpochProgress, Trainer, train_epoch
 
-PIXEL_SCALE = np.float32(1.0 / 255.0)  # the same float32 factor model.to_columns multiplies by
+PIXEL_SCALE = np.float32(1.0 / 255.0)  # the same float32 factor model.to_rows multiplies by
 IMPLEMENTATIONS = {  # key: label in the table and the plot
     "fast": "fast path",
     "fast-xla": "fast path + XLA",
@@ -120,7 +120,7 @@ class TapeLoop(TrainerRunner):
 
     def _step(self, images: tf.Tensor, labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
         model = self.trainer.model
-        X, y = to_columns(images), one_hot_columns(labels)
+        X, y = to_rows(images), one_hot_rows(labels)
         with tf.GradientTape() as tape:
             loss = cross_entropy(forward(model, X)[1], y)
         params = model.W + model.W0

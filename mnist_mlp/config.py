@@ -103,7 +103,7 @@ class TrainConfig:
 class RuntimeConfig:
     # auto: the GPU (Metal on an M1) when TensorFlow lists one, else the CPU.
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    # XLA for the compiled training calls: auto leaves it off (see device.cpu_device); never on Metal.
+    # XLA for the compiled training calls: auto turns it on for the CPU on Linux (see device._jit); never on Metal.
     jit_compile: bool | Literal["auto"] = "auto"
     # TensorFlow intra-op threads; 0: TensorFlow's default (all cores).
     threads: int = field(default=0, metadata=_non_negative())

@@ -103,6 +103,37 @@ def configure_threads(threads: int) -> None:
             print(f"warning: runtime.threads={threads} not applied: TensorFlow had already started", file=sys.stderr)
 
 
+# XLA's CPU runtime: the whole compiled loop as one LLVM function ("legacy") rather than a sequence of thunks,
+# TF 2.19's default, which pays a dispatch per op: an epoch at batch 50 takes about 0.7x the time (README, Speed).
+XLA_CPU_RUNTIME_FLAG = "--xla_cpu_use_thunk_runtime=false"
+_xla_flags_read = False
+
+
+def prepare_xla_cpu() -> None:
+    """Have TensorFlow's XLA read XLA_CPU_RUNTIME_FLAG, unless the user's XLA_FLAGS say otherwise.
+
+    XLA reads $XLA_FLAGS once, at a process's first XLA compilation; so the flag is set for a trivial
+    compilation and the environment restored after it (subprocesses, and JAX in the bench, see it unchanged).
+    Call before the first XLA compilation; later calls, and calls after one, change nothing.
+    """
+    global _xla_flags_read
+    if _xla_flags_read:
+        return
+    _xla_flags_read = True
+    user = os.environ.get("XLA_FLAGS")
+    if user and "xla_cpu_use_thunk_runtime" in user:
+        return
+    os.environ["XLA_FLAGS"] = f"{user or ''} {XLA_CPU_RUNTIME_FLAG}".strip()
+    try:
+        with tf.device(CPU):
+            tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0.0))
+    finally:
+        if user is None:
+            del os.environ["XLA_FLAGS"]
+        else:
+            os.environ["XLA_FLAGS"] = user
+
+
 def cpu_device(config: RuntimeConfig, reason: str = "") -> Device:
     return Device(CPU, "cpu", _jit(config), reason)
 
@@ -114,10 +145,10 @@ def gpu_device(config: RuntimeConfig, name: str, reason: str = "") -> Device:
 
 
 def _jit(config: RuntimeConfig) -> bool:
-    # auto: off. On the CPU XLA measured 0.93-1.15x at batch 50 on a quiet machine and 0.86-1.01x on a loaded
-    # one, where it also spent more CPU time than the plain graph (README, Speed); its ~0.5 s compilation eats
-    # that in a default run, and it breaks bit-identity with the step path. Metal has no XLA at all.
-    return False if config.jit_compile == "auto" else config.jit_compile
+    # auto: on for the CPU on Linux, where an epoch at batch 50 took about 0.6x the plain graph's time (XLA's
+    # CPU runtime as prepare_xla_cpu sets it; README, Speed). Off on macOS, where it was never measured, and
+    # on the GPU (gpu_device): Metal has no XLA.
+    return sys.platform == "linux" if config.jit_compile == "auto" else config.jit_compile
 
 
 def require_gpu(config: RuntimeConfig) -> str | None:

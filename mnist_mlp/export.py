@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.model import N_PIXELS, forward, log_softmax, to_columns
+from mnist_mlp.model import N_PIXELS, forward, log_softmax, to_rows
 from mnist_mlp.results import Listener, RunResult
 from mnist_mlp.rundir import replace_dir
 
@@ -41,18 +41,18 @@ class ServingModel(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")])
     def classify_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """uint8 images [N, 28, 28] to class probabilities and digits."""
-        return self._classify(to_columns(images, self.W[0].dtype))
+        return self._classify(to_rows(images, self.W[0].dtype))
 
     @tf.function(input_signature=[tf.TensorSpec([None, N_PIXELS], tf.float32, name="pixels")])
     def classify_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         """float32 pixels [N, 784] in [0, 1] to class probabilities and digits."""
-        return self._classify(tf.transpose(tf.cast(pixels, self.W[0].dtype)))
+        return self._classify(tf.cast(pixels, self.W[0].dtype))
 
     def _classify(self, X: tf.Tensor) -> dict[str, tf.Tensor]:
-        _, logits = forward(self, X)  # columns are images, as in training
+        _, logits = forward(self, X)  # rows are images, as in training
         return {
-            "probabilities": tf.cast(tf.transpose(tf.exp(log_softmax(logits))), tf.float32),
-            "digit": tf.argmax(logits, axis=0, output_type=tf.int32),  # as Trainer.evaluate picks it
+            "probabilities": tf.cast(tf.exp(log_softmax(logits)), tf.float32),
+            "digit": tf.argmax(logits, axis=1, output_type=tf.int32),  # as Trainer.evaluate picks it
         }
 
 

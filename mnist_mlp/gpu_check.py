@@ -35,7 +35,7 @@ from mnist_mlp.device import (
     standin_mode,
 )
 from mnist_mlp.errors import GpuMismatch
-from mnist_mlp.model import MLP, cross_entropy, forward, layer_sizes, one_hot_columns, to_columns
+from mnist_mlp.model import MLP, cross_entropy, forward, layer_sizes, one_hot_rows, to_rows
 from mnist_mlp.rundir import atomic_write
 from mnist_mlp.training import Trainer, learning_rate
 
@@ -142,8 +142,8 @@ def _loss_on_cpu(config: Config, weights: list[np.ndarray], data: Split) -> floa
         model = MLP(config.model, config.seed)
         for variable, value in zip(model.variables_in_order, weights, strict=True):
             variable.assign(value)
-        _, logits = forward(model, to_columns(data.images))
-        return float(cross_entropy(logits, one_hot_columns(data.labels)))
+        _, logits = forward(model, to_rows(data.images))
+        return float(cross_entropy(logits, one_hot_rows(data.labels)))
 
 
 # --- the cache -------------------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """Hand-written backpropagation: the report's formulas, not tf.GradientTape.
 
-Columns are samples (see model.py). For the mean cross-entropy of a mini-batch of M images:
+In the report's notation, columns for samples (see model.py). For the mean cross-entropy of a mini-batch of M
+images:
   ∇ŷ = −(1/M)(y − ŷ)                      gradient at the output logits, [K × M]
   ∇W0^l = ∇Z^l · 1                         sum over the batch
   ∇W^l = H^{l−1} (∇Z^l)ᵀ                   [N_{l−1} × N_l]
   ∇H^{l−1} = W^l ∇Z^l                      [N_{l−1} × M]
   ∇Z^{l−1} = ∇H^{l−1} ⊙ ∂φ(H^{l−1})/∂H^{l−1}  ReLU: 1 where H > 0, else 0 (model.Activation.derivative)
-and the L1 term λ·sign(W) is added to each weight gradient. The tests check all of it against
+and the L1 term λ·sign(W) is added to each weight gradient. The code holds ∇Z and ∇H transposed, rows for
+samples, as forward() holds H, and computes each formula transposed: (∇H^{l−1})ᵀ = (∇Z^l)ᵀ (W^l)ᵀ. The
+gradients of the weights come out as the report has them. The tests check all of it against
 tf.GradientTape and finite differences.
 """
 
@@ -19,15 +22,15 @@ from mnist_mlp.model import MLP, log_softmax
 
 def backprop(model: MLP, H: list[tf.Tensor], logits: tf.Tensor, y: tf.Tensor) -> tuple[list, list]:
     """Gradients (∇W, ∇W0), one per layer in order, of the mean cross-entropy, from forward()'s H and logits."""
-    M = tf.cast(tf.shape(y)[1], logits.dtype)
+    M = tf.cast(tf.shape(y)[0], logits.dtype)
     y_hat = tf.exp(log_softmax(logits))
-    grad_Z = (y_hat - y) / M  # ∇ŷ = −(1/M)(y − ŷ)
+    grad_Z = (y_hat - y) / M  # ∇ŷ = −(1/M)(y − ŷ), transposed: [M × K]
     grad_W, grad_W0 = [], []
     for layer in reversed(range(len(model.W))):
-        grad_W0.append(tf.reduce_sum(grad_Z, axis=1, keepdims=True))  # ∇W0^l = ∇Z^l · 1
-        grad_W.append(tf.matmul(H[layer], grad_Z, transpose_b=True))  # ∇W^l = H^{l−1} (∇Z^l)ᵀ
+        grad_W0.append(tf.transpose(tf.reduce_sum(grad_Z, axis=0, keepdims=True)))  # ∇W0^l = ∇Z^l · 1
+        grad_W.append(tf.matmul(H[layer], grad_Z, transpose_a=True))  # ∇W^l = H^{l−1} (∇Z^l)ᵀ
         if layer > 0:
-            grad_H = tf.matmul(model.W[layer], grad_Z)  # ∇H^{l−1} = W^l ∇Z^l
+            grad_H = tf.matmul(grad_Z, model.W[layer], transpose_b=True)  # ∇H^{l−1} = W^l ∇Z^l, transposed
             grad_Z = grad_H * model.activation.derivative(H[layer])  # ⊙ ∂φ(H)/∂H, ReLU: 1 where H > 0
     return grad_W[::-1], grad_W0[::-1]
 

@@ -1,8 +1,14 @@
 """The multilayer perceptron, in the report's notation.
 
-Columns are samples: X is [N, M] (N = 784 pixels, M images), H^l is [N_l, M], W^l is [N_{l-1}, N_l] and
-the bias W0^l is [N_l, 1]. Forward: H^l = φ((W^l)ᵀ H^{l-1} + W0^l) with φ = ReLU, and ŷ = σ(logits) with
-σ the softmax over the K = 10 classes. Each activation φ is written beside its derivative (`Activation`),
+The report's columns are samples: X is [N, M] (N = 784 pixels, M images), H^l is [N_l, M], W^l is
+[N_{l-1}, N_l] and the bias W0^l is [N_l, 1]. Forward: H^l = φ((W^l)ᵀ H^{l-1} + W0^l) with φ = ReLU, and
+ŷ = σ(logits) with σ the softmax over the K = 10 classes.
+
+The code holds the transposes of X, H^l, y and the logits: rows are samples (X is passed as Xᵀ [M, N], each
+H[l] is (H^l)ᵀ [M, N_l]), and each line computes its formula transposed, e.g. (H^l)ᵀ = φ((H^{l-1})ᵀ W^l +
+(W0^l)ᵀ). The weights are stored exactly as the report has them. Why: on the CPU a matrix product whose
+left operand is transposed, as (W^l)ᵀ H^{l-1} is with columns for samples, ran slower; with XLA an epoch
+took about 1.3x as long (README, Speed). Each activation φ is written beside its derivative (`Activation`),
 which gradients.py uses, so another activation is one more entry in ACTIVATIONS. Biases are added after
 the matmul, never as a fused BiasAdd (a fused MatMul+BiasAdd+ReLU has given wrong results on Metal in
 graph mode).
@@ -75,40 +81,41 @@ def initial_weights(config: ModelConfig, n_in: int, n_out: int, seed: tuple[int,
         return tf.random.stateless_normal(shape, seed, 0.0, scale, dtype=dtype)
 
 
-def to_columns(images: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
-    """uint8 images [M, 28, 28] or [M, 784] to X: [784, M] pixels scaled to [0, 1]."""
+def to_rows(images: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """uint8 images [M, 28, 28] or [M, 784] to Xᵀ: [M, 784] pixels scaled to [0, 1], a row per image."""
     flat = tf.reshape(images, [-1, N_PIXELS])
-    return tf.transpose(tf.cast(flat, dtype) * tf.constant(1.0 / 255.0, dtype))
+    return tf.cast(flat, dtype) * tf.constant(1.0 / 255.0, dtype)
 
 
-def one_hot_columns(labels: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
-    """Digits [M] to y: [K, M], one column per image."""
-    return tf.one_hot(tf.cast(labels, tf.int32), N_CLASSES, axis=0, dtype=dtype)
+def one_hot_rows(labels: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """Digits [M] to yᵀ: [M, K], a row per image."""
+    return tf.one_hot(tf.cast(labels, tf.int32), N_CLASSES, dtype=dtype)
 
 
 def forward(model: MLP, X: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
-    """Return the activations [H^0 = X, H^1, ..., H^{L-1}] (kept for backprop) and the output logits."""
+    """From Xᵀ (to_rows), return the activations [(H^0)ᵀ = Xᵀ, (H^1)ᵀ, ..., (H^{L-1})ᵀ] (kept for backprop)
+    and the output logits, transposed: [M, K]."""
     H = [X]
     for W, W0 in zip(model.W[:-1], model.W0[:-1], strict=True):
-        H.append(model.activation.fn(tf.matmul(W, H[-1], transpose_a=True) + W0))  # H^l = φ((W^l)ᵀ H^{l-1} + W0^l)
-    logits = tf.matmul(model.W[-1], H[-1], transpose_a=True) + model.W0[-1]  # (W^L)ᵀ H^{L-1} + W0^L
+        H.append(model.activation.fn(H[-1] @ W + tf.transpose(W0)))  # H^l = φ((W^l)ᵀ H^{l-1} + W0^l), transposed
+    logits = H[-1] @ model.W[-1] + tf.transpose(model.W0[-1])  # (W^L)ᵀ H^{L-1} + W0^L, transposed
     return H, logits
 
 
 def active_units(H: list[tf.Tensor]) -> list[tf.Tensor]:
     """For each hidden layer of forward()'s activations, whether each unit fired (H^l > 0) for at least one
     image of the batch: [N_l] bool. OR-ed over a split's batches, the units it leaves False are dead ReLUs."""
-    return [tf.reduce_any(h > 0, axis=1) for h in H[1:]]
+    return [tf.reduce_any(h > 0, axis=0) for h in H[1:]]
 
 
 def log_softmax(logits: tf.Tensor) -> tf.Tensor:
-    """log σ(logits) over the classes (axis 0), stable for any logits: z − logsumexp(z)."""
-    return logits - tf.reduce_logsumexp(logits, axis=0, keepdims=True)
+    """log σ(logits) over the classes (the last axis), stable for any logits: z − logsumexp(z)."""
+    return logits - tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
 
 
 def cross_entropy(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """Mean over the batch of −Σ_k y[k] log ŷ[k]: (1/M) Σ_m Σ_k −y[m][k] log ŷ[m][k]."""
-    M = tf.cast(tf.shape(y)[1], logits.dtype)
+    M = tf.cast(tf.shape(y)[0], logits.dtype)
     return -tf.reduce_sum(y * log_softmax(logits)) / M
 
 
@@ -120,5 +127,5 @@ def l1_penalty(model: MLP, l1: float, biases: bool = False) -> tf.Tensor:
 
 def predict_proba(model: MLP, images: tf.Tensor) -> tf.Tensor:
     """Class probabilities [M, K] for uint8 images, one row per image."""
-    _, logits = forward(model, to_columns(images, model.W[0].dtype))
-    return tf.transpose(tf.exp(log_softmax(logits)))
+    _, logits = forward(model, to_rows(images, model.W[0].dtype))
+    return tf.exp(log_softmax(logits))

@@ -22,10 +22,10 @@ from mnist_mlp import native_stderr_silenced
 from mnist_mlp.augment import epoch_shifts, shift_images
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import N_CLASSES, Split
-from mnist_mlp.device import Device, as_computed_on
+from mnist_mlp.device import Device, as_computed_on, prepare_xla_cpu
 from mnist_mlp.errors import ConfigError
 from mnist_mlp.gradients import loss_gradients
-from mnist_mlp.model import MLP, N_PIXELS, active_units, cross_entropy, forward, one_hot_columns, to_columns
+from mnist_mlp.model import MLP, N_PIXELS, active_units, cross_entropy, forward, one_hot_rows, to_rows
 from mnist_mlp.optimizers import make_optimizer
 from mnist_mlp.results import Evaluation
 
@@ -88,6 +88,8 @@ class Trainer:
             self.model.activation = as_computed_on(device.name, self.model.activation)  # see device.py
             self.optimizer = make_optimizer(config.train, self.params)  # its slots, if any, on the device too
             self.images, self.labels = self.to_device(train)
+        if device.jit_compile:
+            prepare_xla_cpu()
         self.train_steps = tf.function(self._train_steps, jit_compile=device.jit_compile)
         self.train_step = tf.function(self.step)  # one step per call: the slow path, for bench and tests
         self.evaluate_split = tf.function(
@@ -109,7 +111,7 @@ class Trainer:
         """One mini-batch: forward, hand-written backprop, the optimizer's update; returns the batch loss."""
         cfg = self.config.train
         with tf.device(self.device.name):  # else, on a Mac with runtime.device=cpu, ops could land on the GPU
-            X, y = to_columns(images), one_hot_columns(labels)
+            X, y = to_rows(images), one_hot_rows(labels)
             H, logits = forward(self.model, X)
             loss = cross_entropy(logits, y)
             grad_W, grad_W0 = loss_gradients(self.model, H, logits, y, cfg.l1, cfg.l1_biases)
@@ -171,13 +173,13 @@ class Trainer:
 
         def one_chunk(i, loss_sum, confusion, predictions, active):
             x, y = images[i * EVAL_CHUNK : (i + 1) * EVAL_CHUNK], labels[i * EVAL_CHUNK : (i + 1) * EVAL_CHUNK]
-            Y = one_hot_columns(y)
-            H, logits = forward(self.model, to_columns(x))
-            predicted = tf.argmax(logits, axis=0, output_type=tf.int32)
+            Y = one_hot_rows(y)
+            H, logits = forward(self.model, to_rows(x))
+            predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
             M = tf.cast(tf.shape(y)[0], tf.float32)
             loss_sum += tf.cast(cross_entropy(logits, Y) * M, tf.float64)
-            # Counts as Y Pᵀ of one-hot columns: exact in float32 (< 2^24 images), and a kernel every device has.
-            confusion += tf.matmul(Y, one_hot_columns(predicted), transpose_b=True)
+            # Counts as Y Pᵀ of one-hot columns, from rows: exact in float32 (< 2^24 images), a kernel every device has.
+            confusion += tf.matmul(Y, one_hot_rows(predicted), transpose_a=True)
             active = [a | chunk for a, chunk in zip(active, active_units(H), strict=True)]
             return i + 1, loss_sum, confusion, predictions.write(i, predicted), active
 

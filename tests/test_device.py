@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -17,12 +18,39 @@ from tests.conftest import cli_env
 
 
 def test_describe_names_the_device_the_stand_in_and_the_reason():
-    assert cpu_device(RuntimeConfig(), "no GPU").describe() == "CPU (/CPU:0; no GPU)"
+    assert cpu_device(RuntimeConfig(jit_compile=False), "no GPU").describe() == "CPU (/CPU:0; no GPU)"
     assert cpu_device(RuntimeConfig(jit_compile=True)).describe() == "CPU (/CPU:0, XLA)"
     standin = Device(STANDIN_GPU, "gpu", False, "checked: correct")
     assert standin.describe() == "GPU (/CPU:1, stand-in; checked: correct)"
     with pytest.raises(ConfigError, match="XLA is not supported on the GPU path"):
         gpu_device(RuntimeConfig(jit_compile=True), "/GPU:0")
+
+
+@pytest.mark.parametrize("platform, xla", [("linux", True), ("darwin", False)])
+def test_auto_turns_xla_on_for_the_cpu_on_linux_only(monkeypatch, platform, xla):
+    monkeypatch.setattr(sys, "platform", platform)
+    assert cpu_device(RuntimeConfig()).jit_compile is xla
+    assert cpu_device(RuntimeConfig(jit_compile=False)).jit_compile is False
+    assert gpu_device(RuntimeConfig(), "/GPU:0").jit_compile is False
+
+
+def test_xla_cpu_runtime_flag_is_set_for_one_compilation_and_the_environment_restored(monkeypatch):
+    monkeypatch.setattr(device, "_xla_flags_read", False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    seen = []
+    monkeypatch.setattr(tf, "function", lambda fn, jit_compile: lambda x: seen.append(os.environ["XLA_FLAGS"]))
+    device.prepare_xla_cpu()
+    device.prepare_xla_cpu()  # once per process: XLA reads its flags only at the first compilation
+    assert seen == [f"--xla_cpu_enable_fast_math=false {device.XLA_CPU_RUNTIME_FLAG}"]
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+
+
+def test_a_users_own_xla_runtime_flag_is_kept(monkeypatch):
+    monkeypatch.setattr(device, "_xla_flags_read", False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true")
+    monkeypatch.setattr(tf, "function", lambda *a, **k: pytest.fail("compiled with the user's flags replaced"))
+    device.prepare_xla_cpu()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_thunk_runtime=true"
 
 
 def test_only_the_wrong_stand_in_computes_relu_wrongly(monkeypatch):

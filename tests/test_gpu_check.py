@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -85,9 +86,10 @@ def test_cpu_and_no_gpu_need_no_check(monkeypatch):
 
     monkeypatch.setattr(gpu_check, "verdict_for", no_check)
     monkeypatch.setattr(gpu_check, "require_gpu", lambda runtime: GPU)
-    assert choose_device(on("cpu")).describe() == "CPU (/CPU:0; runtime.device=cpu)"
+    xla = ", XLA" if sys.platform == "linux" else ""  # runtime.jit_compile auto (device.py)
+    assert choose_device(on("cpu")).describe() == f"CPU (/CPU:0{xla}; runtime.device=cpu)"
     monkeypatch.setattr(gpu_check, "require_gpu", lambda runtime: None)
-    assert choose_device(on("auto")).describe() == "CPU (/CPU:0; no GPU)"
+    assert choose_device(on("auto")).describe() == f"CPU (/CPU:0{xla}; no GPU)"
 
 
 # --- the cache -------------------------------------------------------------------------------------------

@@ -8,19 +8,19 @@ import tensorflow as tf
 
 from mnist_mlp.config import ModelConfig
 from mnist_mlp.gradients import loss_gradients
-from mnist_mlp.model import MLP, cross_entropy, forward, l1_penalty, one_hot_columns
+from mnist_mlp.model import MLP, cross_entropy, forward, l1_penalty, one_hot_rows
 
 LAYOUTS = [[5], [7, 5], [100, 100], [3, 4, 5]]
 
 
 def make_case(hidden: list[int], batch: int, dtype: tf.DType, seed: int) -> tuple[MLP, tf.Tensor, tf.Tensor]:
-    """A model with random (non-zero) biases, a random batch X [784, M] and one-hot labels y [10, M]."""
+    """A model with random (non-zero) biases, a random batch Xᵀ [M, 784] and one-hot labels yᵀ [M, 10]."""
     model = MLP(ModelConfig(hidden=hidden, init="he"), seed=seed, dtype=dtype)
     rng = np.random.default_rng(seed)
     for bias in model.W0:
         bias.assign(rng.normal(0, 0.1, bias.shape))
-    X = tf.constant(rng.random((784, batch)), dtype)
-    y = one_hot_columns(rng.integers(0, 10, batch), dtype)
+    X = tf.constant(rng.random((batch, 784)), dtype)
+    y = one_hot_rows(rng.integers(0, 10, batch), dtype)
     return model, X, y
 
 

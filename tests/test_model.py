@@ -13,42 +13,43 @@ from mnist_mlp.model import (
     cross_entropy,
     forward,
     log_softmax,
-    one_hot_columns,
+    one_hot_rows,
     predict_proba,
-    to_columns,
+    to_rows,
 )
 
 
-def test_shapes_follow_the_report_notation():
+def test_shapes_are_the_report_notation_transposed():
+    """Weights as the report has them; activations and logits its [N_l, M] transposed, a row per image."""
     model = MLP(ModelConfig(hidden=[100, 100]), seed=0)
     assert [tuple(w.shape) for w in model.W] == [(784, 100), (100, 100), (100, 10)]
     assert [tuple(b.shape) for b in model.W0] == [(100, 1), (100, 1), (10, 1)]
-    X = to_columns(np.zeros((7, 28, 28), np.uint8))
+    X = to_rows(np.zeros((7, 28, 28), np.uint8))
     H, logits = forward(model, X)
-    assert [tuple(h.shape) for h in H] == [(784, 7), (100, 7), (100, 7)]
-    assert tuple(logits.shape) == (10, 7)
+    assert [tuple(h.shape) for h in H] == [(7, 784), (7, 100), (7, 100)]
+    assert tuple(logits.shape) == (7, 10)
 
 
-def test_pixels_are_scaled_to_unit_interval_in_columns():
+def test_pixels_are_scaled_to_unit_interval_in_rows():
     images = np.arange(2 * 784, dtype=np.int64).reshape(2, 28, 28) % 256
-    X = to_columns(images.astype(np.uint8)).numpy()
-    assert X.shape == (784, 2) and X.min() == 0.0 and X.max() == 1.0
-    np.testing.assert_allclose(X[:, 1], images[1].reshape(-1) / 255.0, rtol=1e-6)
+    X = to_rows(images.astype(np.uint8)).numpy()
+    assert X.shape == (2, 784) and X.min() == 0.0 and X.max() == 1.0
+    np.testing.assert_allclose(X[1], images[1].reshape(-1) / 255.0, rtol=1e-6)
 
 
 def test_softmax_is_stable_for_huge_logits():
-    logits = tf.constant([[1e4, -1e4], [0.0, 3e4], [-1e4, 1e4]], tf.float32)
+    logits = tf.constant([[1e4, 0.0, -1e4], [-1e4, 3e4, 1e4]], tf.float32)
     log_p = log_softmax(logits).numpy()
     assert np.isfinite(log_p).all()
-    np.testing.assert_allclose(np.exp(log_p).sum(axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.exp(log_p).sum(axis=1), 1.0, rtol=1e-6)
 
 
 def test_cross_entropy_matches_tensorflow():
     rng = np.random.default_rng(0)
-    logits = tf.constant(rng.normal(0, 5, (10, 32)), tf.float64)
+    logits = tf.constant(rng.normal(0, 5, (32, 10)), tf.float64)
     labels = rng.integers(0, 10, 32)
-    ours = cross_entropy(logits, one_hot_columns(labels, tf.float64))
-    theirs = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=tf.transpose(logits)))
+    ours = cross_entropy(logits, one_hot_rows(labels, tf.float64))
+    theirs = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
     assert abs(float(ours) - float(theirs)) < 1e-12
 
 

@@ -10,7 +10,7 @@ from mnist_mlp import training
 from mnist_mlp.config import Config
 from mnist_mlp.device import available_gpu, cpu_device, require_gpu
 from mnist_mlp.gradients import backprop
-from mnist_mlp.model import forward, one_hot_columns, to_columns
+from mnist_mlp.model import forward, one_hot_rows, to_rows
 from mnist_mlp.results import Evaluation, confusion_matrix, headline_metrics
 from mnist_mlp.training import Diverged, EpochProgress, Trainer, learning_rate, train_epoch
 from tests.conftest import synthetic_mnist
@@ -48,8 +48,8 @@ def test_sgd_step_applies_w_minus_alpha_gradient_plus_l1_sign(tiny_config):
     images, labels = trainer.images[:20], trainer.labels[:20]
     for bias in trainer.model.W0:  # non-zero biases so sign(W0) matters
         bias.assign(tf.fill(bias.shape, -0.05))
-    H, logits = forward(trainer.model, to_columns(images))
-    grad_W, grad_W0 = backprop(trainer.model, H, logits, one_hot_columns(labels))  # cross-entropy only
+    H, logits = forward(trainer.model, to_rows(images))
+    grad_W, grad_W0 = backprop(trainer.model, H, logits, one_hot_rows(labels))  # cross-entropy only
     params = trainer.model.W + trainer.model.W0
     expected = [
         p.numpy() - lr * (g.numpy() + l1 * np.sign(p.numpy())) for p, g in zip(params, grad_W + grad_W0, strict=True)
@@ -95,8 +95,9 @@ def test_same_seed_same_config_gives_bit_identical_weights(tiny_config):
 
 
 @pytest.mark.parametrize("steps_per_call", [1, 4, 10])
-def test_fast_path_gives_the_same_weights_as_the_step_path(tiny_config, steps_per_call):
+def test_fast_path_without_xla_gives_the_same_weights_as_the_step_path(tiny_config, steps_per_call):
     config = tiny_config.replace(**{"train.steps_per_call": steps_per_call, "train.l1": 0.001})
+    config = config.replace(**{"runtime.jit_compile": False})
     fast, slow = make_trainer(config), make_trainer(config)
     run_epochs(fast, 2)
     batch = config.train.batch_size
@@ -203,8 +204,8 @@ def test_evaluation_in_one_call_matches_a_numpy_count_across_chunk_boundaries(ti
     monkeypatch.setattr(training, "EVAL_CHUNK", 64)  # 200 images: chunks of 64, 64, 64 and 8
     trainer = make_trainer(tiny_config)
     evaluation = trainer.evaluate(trainer.images, trainer.labels)
-    _, logits = forward(trainer.model, to_columns(trainer.images))
-    logits = logits.numpy().astype(np.float64)
+    _, logits = forward(trainer.model, to_rows(trainer.images))
+    logits = logits.numpy().astype(np.float64).T  # [10, 200]: a column per image, as the report has it
     labels = trainer.labels.numpy().astype(np.int64)
     log_p = logits - np.log(np.exp(logits - logits.max(axis=0)).sum(axis=0)) - logits.max(axis=0)
     np.testing.assert_allclose(evaluation.loss, -log_p[labels, np.arange(200)].mean(), rtol=1e-6)
@@ -219,7 +220,7 @@ def test_xla_fast_path_matches_the_step_path_within_float_rounding_and_repeats_b
     xla, again, steps = (
         make_trainer(config),
         make_trainer(config),
-        make_trainer(tiny_config.replace(**{"train.l1": 0.001})),
+        make_trainer(tiny_config.replace(**{"train.l1": 0.001, "runtime.jit_compile": False})),
     )
     assert xla.device.jit_compile and not steps.device.jit_compile
     for trainer in (xla, again, steps):
