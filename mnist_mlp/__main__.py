@@ -1,5 +1,5 @@
 """`python -m mnist_mlp` is the `mnist-mlp` command."""
 
-from mnist_mlp.cli import main
+from mnist_mlp.cli import run
 
-raise SystemExit(main())
+run()

@@ -7,9 +7,13 @@ only by the commands that need it, so `--help` and argument errors answer at onc
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import os
 import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from mnist_mlp import __version__, import_tensorflow_quietly
 from mnist_mlp.errors import GpuMismatch, UserError
@@ -334,3 +338,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def run() -> NoReturn:
+    """The `mnist-mlp` command: main(), then a quick exit.
+
+    Once main() returns every file is written and closed, and the interpreter's own teardown of TensorFlow
+    would only cost time (about 0.9 s on a 2-core machine). So after what a normal exit does for the
+    program (joining its threads, the atexit handlers, flushing the output), the process ends at once.
+    """
+    code = main()
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`): nothing more to say there
+            stream.flush()
+    os._exit(code)
