@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import tensorflow as tf
 
+from mnist_mlp import native_stderr_silenced
 from mnist_mlp.config import RuntimeConfig
 from mnist_mlp.errors import ConfigError
 from mnist_mlp.versions import METAL_PLUGIN, installed
@@ -125,7 +126,7 @@ def prepare_xla_cpu() -> None:
         return
     os.environ["XLA_FLAGS"] = f"{user or ''} {XLA_CPU_RUNTIME_FLAG}".strip()
     try:
-        with tf.device(CPU):
+        with native_stderr_silenced(), tf.device(CPU):  # XLA announces its start in C++ log lines
             tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0.0))
     finally:
         if user is None:
