@@ -228,3 +228,21 @@ def test_xla_fast_path_matches_the_step_path_within_float_rounding_and_repeats_b
     for a, b, c in zip(weights(xla), weights(again), weights(steps), strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)
+
+
+def test_grappler_leaves_matmul_and_bias_unfused(tiny_config):
+    """Biases are added after the matmul as an AddV2 of a [1, N] row, never a BiasAdd, and TensorFlow's graph
+    optimizer (grappler, as the plain path runs it) does not fuse the two into a _FusedMatMul, the kernel that
+    has given wrong results on Metal with ReLU."""
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    trainer = make_trainer(tiny_config.replace(**{"runtime.jit_compile": False}))
+    step = trainer.train_step.get_concrete_function(trainer.images[:20], trainer.labels[:20], tf.constant(0.1))
+    with step.graph.as_default():
+        graph = tf.compat.v1.train.export_meta_graph(graph=step.graph)
+    graph.collection_def["train_op"].node_list.value.extend(out.name for out in step.outputs)
+    optimized = tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), graph)
+    ops = {node.op for node in optimized.node} | {n.op for f in optimized.library.function for n in f.node_def}
+    assert "MatMul" in ops and "AddV2" in ops
+    assert not {op for op in ops if "Fused" in op or op == "BiasAdd"}
