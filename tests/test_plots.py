@@ -4,6 +4,7 @@ per-digit errors; what the weights learned (sparsity and dead units in the histo
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -263,6 +264,61 @@ def test_a_real_short_run_keeps_history_errors_equal_to_its_predictions(tmp_path
         mine = labels == digit
         assert last[f"test_error_{digit}"] == pytest.approx(np.mean(predictions[mine] != digit), abs=1e-12)
     assert last["test_accuracy"] == pytest.approx(np.mean(predictions == labels), abs=1e-12)
+
+
+def every_axes(figure) -> list:
+    """The figure's axes and the axes placed inside them (colour bars)."""
+    return [*figure.axes, *(child for ax in figure.axes for child in ax.child_axes)]
+
+
+def drawn_texts(figure) -> list[tuple[object, object]]:
+    """(owner, box in pixels) of every non-empty text a drawn figure shows: the figure's own (the suptitle), and each
+    axes' title, texts placed in it and, when its axes are on, axis labels and the tick labels inside its view."""
+    found = [(figure, text) for text in figure.texts]
+    for ax in every_axes(figure):
+        texts = [ax.title, *ax.texts]
+        if ax.axison:
+            for axis in (ax.xaxis, ax.yaxis):
+                low, high = sorted(axis.get_view_interval())
+                ticks = [tick for tick in axis.get_major_ticks() if low <= tick.get_loc() <= high]
+                texts += [axis.label, *(label for tick in ticks for label in (tick.label1, tick.label2))]
+        found += [(ax, text) for text in texts]
+    shown = [(owner, text) for owner, text in found if text.get_visible() and text.get_text()]
+    return [(owner, text.get_window_extent(figure.canvas.get_renderer())) for owner, text in shown]
+
+
+def assert_clear_layout(figure) -> None:
+    """Every text inside the figure, and clear of other axes and of their texts (a colour bar's label running into
+    the next panel's y label, a title under the suptitle)."""
+    figure.canvas.draw()
+    width, height = figure.canvas.get_width_height()
+    texts = drawn_texts(figure)
+    frames = [(ax, ax.get_window_extent(figure.canvas.get_renderer())) for ax in every_axes(figure)]
+    for owner, box in texts:
+        assert box.x0 >= -0.5 and box.y0 >= -0.5 and box.x1 <= width + 0.5 and box.y1 <= height + 0.5, (owner, box)
+        for ax, frame in frames:
+            assert ax is owner or not box.shrunk(0.98, 0.9).overlaps(frame), (owner, box, ax)
+    for (owner, box), (other, other_box) in itertools.combinations(texts, 2):
+        assert owner is other or not box.shrunk(0.98, 0.9).overlaps(other_box), (owner, box, other, other_box)
+
+
+@pytest.mark.parametrize("plot", ALL_PLOTS)
+def test_every_label_stays_inside_its_figure_and_clear_of_the_other_panels(finished_run, plot):
+    run, result, mnist = finished_run
+    figures = plots.drawings(run.path.name, run.read_history(), mnist.test, result.final["test"].predictions,
+                             result.config, Weights.of(result.model), result.metrics)  # fmt: skip
+    assert_clear_layout(figures[plot]())
+
+
+@pytest.mark.parametrize("units", [1, 10, 300])
+def test_the_weight_pictures_keep_their_colour_bar_clear_at_any_layer_width(finished_run, units):
+    """The mosaic's shape follows the number of units (1×1, 4×3, 18×17 tiles); the colour bar follows the mosaic."""
+    _, result, _ = finished_run
+    rng = np.random.default_rng(0)
+    weights = Weights((rng.normal(size=(784, units)), rng.normal(size=(units, 10))),
+                      (np.zeros((units, 1)), np.zeros((10, 1))))  # fmt: skip
+    assert_clear_layout(plots.weights_figure(weights, "widths"))
+    assert_clear_layout(plots.summary_figure(result.history, result.config, "widths", weights, result.metrics))
 
 
 def visible_ticks(axis, low: float, high: float) -> list[str]:
