@@ -3,7 +3,6 @@ per-digit errors; what the weights learned (sparsity and dead units in the histo
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import subprocess
 import sys
@@ -17,15 +16,13 @@ from mnist_mlp import plots, training
 from mnist_mlp.cli import main
 from mnist_mlp.config import Config
 from mnist_mlp.errors import UserError
-from mnist_mlp.plots import PREDICTION_PLOTS, WEIGHT_PLOTS, PlotWorker, PlotWriter, plot_run, weights_mosaic
+from mnist_mlp.plots import PREDICTION_PLOTS, WEIGHT_PLOTS, plot_run, weights_mosaic
 from mnist_mlp.results import Evaluation, Weights, confusion_matrix
 from mnist_mlp.run import epoch_row, train_and_evaluate
 from mnist_mlp.rundir import PREDICTIONS_FILE, WEIGHTS_FILE, RunDir
 from mnist_mlp.training import EpochProgress
-from tests.conftest import child_env, synthetic_mnist
+from tests.conftest import ALL_PLOTS, child_env, synthetic_mnist
 
-ALL_PLOTS = ["loss.png", "accuracy.png", "per_digit_error.png", "confusion_matrix.png", "misclassified.png",
-             "summary.png", "weights.png", "sparsity.png", "activations.png"]  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -41,18 +38,6 @@ def assert_sensible_png(path) -> None:
     assert 10_000 < path.stat().st_size < 2_000_000, (path.name, path.stat().st_size)
     inked = (grey < 200).mean()  # share of pixels that are not (near) white background
     assert 0.005 < inked < 0.6, (path.name, inked)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A tiny 3-epoch run on synthetic data with a validation split, plotted by the PlotWriter listener."""
-    mnist = synthetic_mnist(n_train=200, n_test=120, n_validation=40)
-    config = Config().replace(
-        **{"model.hidden": [16, 12], "train.epochs": 3, "train.batch_size": 20, "train.steps_per_call": 3}
-    )
-    run = RunDir.create(tmp_path_factory.mktemp("plots") / "run", "t")
-    result = train_and_evaluate(config.replace(**{"runtime.device": "cpu"}), run, [PlotWriter()], mnist=mnist)
-    return run, result, mnist
 
 
 def test_a_finished_run_leaves_nine_valid_pngs_and_its_test_predictions(finished_run):
@@ -359,27 +344,3 @@ def test_the_summary_page_names_the_schedule_it_ran():
     cosine = Config().replace(**{"train.lr_schedule": "cosine", "train.epochs": 40, "train.learning_rate": 0.001}).train
     assert plots._schedule(step) == "0.4, × 0.5 every 3 epochs"
     assert plots._schedule(cosine) == "0.001, cosine towards 0 over 40 epochs"
-
-
-def replay_finish(result, writer: PlotWriter, folder) -> RunDir:
-    """The run's end once more, into another folder of the same name (the name titles the figures)."""
-    run = RunDir.create(folder / "run", "t")
-    writer.on_finish(dataclasses.replace(result, run=run))
-    writer.on_close()
-    return run
-
-
-def test_the_plot_worker_draws_the_same_pngs_as_the_main_process(finished_run, tmp_path):
-    original, result, _ = finished_run
-    run = replay_finish(result, PlotWriter(PlotWorker()), tmp_path)
-    for name in ALL_PLOTS:
-        assert (run.plots / name).read_bytes() == (original.plots / name).read_bytes(), name
-
-
-def test_a_dead_plot_worker_leaves_the_drawing_to_the_main_process(finished_run, tmp_path):
-    _, result, _ = finished_run
-    worker = PlotWorker()
-    worker.process.kill()
-    worker.process.join()
-    run = replay_finish(result, PlotWriter(worker), tmp_path)
-    assert sorted(p.name for p in run.plots.iterdir()) == sorted(ALL_PLOTS)
