@@ -132,16 +132,18 @@ def write_plots(
     config: Config | None = None,
     weights: Weights | None = None,
     metrics: dict | None = None,
+    mine: Callable[[str], bool] | None = None,
 ) -> list[Path]:
     """Draw every plot `drawings` can from these into the run's plots folder; the run folder's name titles every
-    figure."""
+    figure. With `mine`, asked about each plot in turn, only those it claims (processes sharing the drawing)."""
     check_history(history, where=str(run.history_file))
     name = run.path.resolve().name
     run.plots.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, draw in drawings(name, history, test, predictions, config, weights, metrics).items():
-        save_figure(draw(), run.plots / filename)
-        written.append(run.plots / filename)
+        if mine is None or mine(filename):
+            save_figure(draw(), run.plots / filename)
+            written.append(run.plots / filename)
     return written
 
 
