@@ -134,49 +134,38 @@ def write_plots(
     metrics: dict | None = None,
     mine: Callable[[str], bool] | None = None,
 ) -> list[Path]:
-    """Draw every plot `drawings` can from these into the run's plots folder; the run folder's name titles every
-    figure. With `mine`, asked about each plot in turn, only those it claims (processes sharing the drawing)."""
+    """Draw the curve plots from `history`, the prediction plots when `test` and `predictions` are given, and
+    the weight plots when `weights` are (sparsity and dead units when the history has their columns).
+
+    They go into the run's plots folder; the run folder's name titles every figure. `metrics` (the metrics
+    file) gives the summary's headline figures: those of the exported model (the best epoch with early stopping).
+    With `mine`, asked about each plot in turn, only the plots it claims (processes sharing the drawing).
+    """
     check_history(history, where=str(run.history_file))
-    name = run.path.resolve().name
-    run.plots.mkdir(parents=True, exist_ok=True)
-    written = []
-    for filename, draw in drawings(name, history, test, predictions, config, weights, metrics).items():
-        if mine is None or mine(filename):
-            save_figure(draw(), run.plots / filename)
-            written.append(run.plots / filename)
-    return written
-
-
-def drawings(
-    name: str,
-    history: list[dict],
-    test: Split | None = None,
-    predictions: np.ndarray | None = None,
-    config: Config | None = None,
-    weights: Weights | None = None,
-    metrics: dict | None = None,
-) -> dict[str, Callable[[], Figure]]:
-    """{plot file name: what draws it}: the curve plots from `history`, the prediction plots when `test` and
-    `predictions` are given, and the weight plots when `weights` are (sparsity and dead units when the history has
-    their columns). `metrics` (the metrics file) gives the summary's headline figures: those of the exported model
-    (the best epoch with early stopping)."""
-    figures: dict[str, Callable[[], Figure]] = {
+    folder, name = run.plots, run.path.resolve().name
+    drawings: dict[str, Callable[[], Figure]] = {
         "loss.png": lambda: loss_figure(history, name),
         "accuracy.png": lambda: accuracy_figure(history, name),
         "per_digit_error.png": lambda: per_digit_error_figure(history, name),
     }
     if test is not None and predictions is not None:
-        figures["confusion_matrix.png"] = lambda: confusion_figure(test.labels, predictions, name)
-        figures["misclassified.png"] = lambda: misclassified_figure(test, predictions, name)
+        drawings["confusion_matrix.png"] = lambda: confusion_figure(test.labels, predictions, name)
+        drawings["misclassified.png"] = lambda: misclassified_figure(test, predictions, name)
     if weights is not None:
-        figures["weights.png"] = lambda: weights_figure(weights, name)
+        drawings["weights.png"] = lambda: weights_figure(weights, name)
         if numbered_columns(history[0], sparsity_column):
-            figures["sparsity.png"] = lambda: sparsity_figure(history, weights, name)
+            drawings["sparsity.png"] = lambda: sparsity_figure(history, weights, name)
     if numbered_columns(history[0], dead_units_column):
         hidden = config.model.hidden if config is not None else None
-        figures["activations.png"] = lambda: activations_figure(history, name, hidden)
-    figures["summary.png"] = lambda: summary_figure(history, config, name, weights, metrics)
-    return figures
+        drawings["activations.png"] = lambda: activations_figure(history, name, hidden)
+    drawings["summary.png"] = lambda: summary_figure(history, config, name, weights, metrics)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for filename, draw in drawings.items():
+        if mine is None or mine(filename):
+            save_figure(draw(), folder / filename)
+            written.append(folder / filename)
+    return written
 
 
 def save_figure(figure: Figure, path: Path) -> None:

@@ -288,11 +288,16 @@ def assert_clear_layout(figure) -> None:
 
 
 @pytest.mark.parametrize("plot", ALL_PLOTS)
-def test_every_label_stays_inside_its_figure_and_clear_of_the_other_panels(finished_run, plot):
-    run, result, mnist = finished_run
-    figures = plots.drawings(run.path.name, run.read_history(), mnist.test, result.final["test"].predictions,
-                             result.config, Weights.of(result.model), result.metrics)  # fmt: skip
-    assert_clear_layout(figures[plot]())
+def test_every_label_stays_inside_its_figure_and_clear_of_the_other_panels(finished_run, plot, monkeypatch, tmp_path):
+    _, result, mnist = finished_run
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.setdefault(path.name, figure))
+    run = RunDir.create(tmp_path / "run", "t")
+    predictions, weights = result.final["test"].predictions, Weights.of(result.model)
+    plots.write_plots(run, result.history, mnist.test, predictions, result.config, weights, result.metrics,
+                      mine=lambda name: name == plot)  # fmt: skip
+    assert list(drawn) == [plot]
+    assert_clear_layout(drawn[plot])
 
 
 @pytest.mark.parametrize("units", [1, 10, 300])
