@@ -10,6 +10,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"
 
+# What TensorFlow imports for features we never use, hidden during its import (an `import` of them then raises
+# ImportError, which TensorFlow and Keras catch; they import as usual afterwards): tf.lite's optional JAX converter
+# (about 170 MB of memory and a second of start-up when the bench extra installs JAX), and matplotlib, which Keras
+# loads for its image-gallery plots (about 0.5 s; our plots are drawn by the plot worker, plot_worker.py).
+HIDDEN_DURING_TENSORFLOW_IMPORT = ("jax", "matplotlib")
+
 
 @contextlib.contextmanager
 def native_stderr_silenced() -> Iterator[None]:
@@ -45,14 +51,12 @@ def import_tensorflow_quietly() -> None:
 
     if clash := installed_metal_clash():
         raise BrokenInstall(clash)
-    # tf.lite imports JAX whenever it is installed (the bench extra), for a converter we never use: about
-    # 170 MB of memory and a second of start-up. Hidden during the import; `import jax` works afterwards.
-    hidden = "jax" not in sys.modules
-    if hidden:
-        sys.modules["jax"] = None  # type: ignore[assignment]  # makes `import jax` raise ImportError
+    hidden = [name for name in HIDDEN_DURING_TENSORFLOW_IMPORT if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
     try:
         with native_stderr_silenced(), contextlib.suppress(ImportError):  # a broken install: the real import says
             import tensorflow  # noqa: F401
     finally:
-        if hidden:
-            del sys.modules["jax"]
+        for name in hidden:
+            del sys.modules[name]

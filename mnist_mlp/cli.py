@@ -22,7 +22,7 @@ from mnist_mlp.versions import runtime_versions
 if TYPE_CHECKING:
     from mnist_mlp.config import Config
     from mnist_mlp.data import Mnist
-    from mnist_mlp.plots import PlotWorker
+    from mnist_mlp.plot_worker import PlotWorker
     from mnist_mlp.run import RunPlan
     from mnist_mlp.rundir import RunDir
 
@@ -37,7 +37,7 @@ EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a diffe
 def cmd_train(args: argparse.Namespace) -> int:
     """Check everything, then make the run folder, then train: a failed check leaves nothing behind."""
     from mnist_mlp.data import load_mnist
-    from mnist_mlp.plots import PlotWorker
+    from mnist_mlp.plot_worker import PlotWorker
     from mnist_mlp.rundir import RunDir, check_out_path
 
     # 1. Every check that can fail, before anything is made or touched.
@@ -119,7 +119,7 @@ def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace, plot_worker: 
     import tensorflow as tf
 
     from mnist_mlp.export import SavedModelWriter
-    from mnist_mlp.plots import PlotWriter
+    from mnist_mlp.plot_worker import PlotWriter
     from mnist_mlp.progress import Console
     from mnist_mlp.run import Interrupted, train
     from mnist_mlp.tensorboard import TensorBoardWriter

@@ -10,10 +10,7 @@ weights file the run writes after each epoch (NumPy, so no TensorFlow is needed 
 
 from __future__ import annotations
 
-import io
 import math
-import multiprocessing
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +41,7 @@ from mnist_mlp.history import (
     sparsity_column,
     splits_in,
 )
-from mnist_mlp.results import Listener, RunResult, Weights, confusion_matrix
+from mnist_mlp.results import Weights, confusion_matrix
 from mnist_mlp.rundir import RunDir, atomic_write_with
 
 PREDICTION_PLOTS = ("confusion_matrix.png", "misclassified.png")
@@ -85,85 +82,6 @@ class PlotReport:
 
     written: list[Path] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-
-
-class PlotWriter(Listener):
-    """At the end of a run: keep the test predictions and draw every plot into DIR/plots/.
-
-    With a PlotWorker the drawing happens in that process while the other listeners finish (the SavedModel
-    export): on_finish hands it the figures' data, on_close waits until every plot is written.
-    """
-
-    def __init__(self, worker: PlotWorker | None = None):
-        self.worker = worker
-        self.job: tuple | None = None
-
-    def on_finish(self, result: RunResult) -> None:
-        predictions = result.final["test"].predictions
-        save_predictions(result.run, predictions)
-        weights = Weights.of(result.model)
-        self.job = (result.run, result.history, result.mnist.test, predictions, result.config, weights, result.metrics)
-        if self.worker is None or not self.worker.submit(self.job):
-            self.on_close()
-
-    def on_close(self) -> None:
-        job, self.job = self.job, None
-        if job is not None and (self.worker is None or self.worker.wait() is None):
-            write_plots(*job)  # no worker, or it failed: draw here (an error is raised from here)
-
-
-class PlotWorker:
-    """A spawned process that imports matplotlib at once and then draws one run's plots on request.
-
-    Started before TensorFlow, it loads matplotlib and its fonts while the main process starts TensorFlow
-    and trains; at the end it draws while the main process exports the SavedModel. Spawned, not forked:
-    forking a process that runs TensorFlow's threads is unsafe. A worker that fails leaves the drawing to
-    the caller (PlotWriter draws in-process).
-    """
-
-    def __init__(self):
-        context = multiprocessing.get_context("spawn")
-        self.connection, child = context.Pipe()
-        self.process = context.Process(target=_serve_plots, args=(child,), daemon=True, name="mnist-mlp plots")
-        self.process.start()
-        child.close()
-
-    def submit(self, job: tuple) -> bool:
-        """Hand over write_plots' arguments; False if the worker is gone."""
-        try:
-            self.connection.send(job)
-            return True
-        except (OSError, ValueError):
-            return False
-
-    def wait(self) -> list[Path] | None:
-        """The plots written, once all are; None if the worker failed (it has then written nothing final)."""
-        try:
-            status, value = self.connection.recv()
-        except (EOFError, OSError):
-            status, value = "error", None
-        self.close()
-        return value if status == "ok" else None
-
-    def close(self) -> None:
-        self.connection.close()
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-
-
-def _serve_plots(connection) -> None:
-    """The worker's main: warm up, wait for one job (or the pipe closing: the run ended without plots), draw."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    save_figure_to(new_figure(1, 1), io.BytesIO())  # loads the fonts and the PNG writer before it matters
-    try:
-        job = connection.recv()
-    except (EOFError, OSError, KeyboardInterrupt):
-        return
-    try:
-        connection.send(("ok", write_plots(*job)))
-    except Exception as exc:  # reported as a failure; the main process draws and raises the error itself
-        connection.send(("error", repr(exc)))
 
 
 # Entry points.
@@ -214,12 +132,14 @@ def write_plots(
     config: Config | None = None,
     weights: Weights | None = None,
     metrics: dict | None = None,
+    mine: Callable[[str], bool] | None = None,
 ) -> list[Path]:
     """Draw the curve plots from `history`, the prediction plots when `test` and `predictions` are given, and
     the weight plots when `weights` are (sparsity and dead units when the history has their columns).
 
     They go into the run's plots folder; the run folder's name titles every figure. `metrics` (the metrics
     file) gives the summary's headline figures: those of the exported model (the best epoch with early stopping).
+    With `mine`, asked about each plot in turn, only the plots it claims (processes sharing the drawing).
     """
     check_history(history, where=str(run.history_file))
     folder, name = run.plots, run.path.resolve().name
@@ -242,17 +162,10 @@ def write_plots(
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, draw in drawings.items():
-        save_figure(draw(), folder / filename)
-        written.append(folder / filename)
+        if mine is None or mine(filename):
+            save_figure(draw(), folder / filename)
+            written.append(folder / filename)
     return written
-
-
-def save_predictions(run: RunDir, predictions: np.ndarray) -> Path:
-    """The predicted digit of each test image (uint8) into the run folder, written atomically."""
-    path = run.test_predictions_file
-    digits = np.asarray(predictions, dtype=np.uint8)
-    atomic_write_with(path, lambda file: np.save(file, digits, allow_pickle=False))
-    return path
 
 
 def save_figure(figure: Figure, path: Path) -> None:
@@ -300,9 +213,31 @@ def headline(history: list[dict], metrics: dict | None = None) -> Headline:
 
 
 def new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), layout="constrained")
+    """A figure of `width` × `height` inches without a layout engine: each figure places its axes with
+    set_margins, as measuring every label (constrained layout) took most of the time to draw it."""
+    figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)  # Agg, attached explicitly: no pyplot, no display
     return figure
+
+
+def set_margins(
+    figure: Figure, left: float, right: float, top: float, bottom: float, across: float = 0.0, down: float = 0.0
+) -> None:
+    """Place the figure's grid of axes: margins around it and gaps between its columns (`across`) and rows (`down`)
+    in inches, so that the room for titles, labels and colour bars does not change with the figure's size."""
+    width, height = figure.get_size_inches()
+    rows, columns = figure.axes[0].get_gridspec().get_geometry()
+    axes_width = (width - left - right - (columns - 1) * across) / columns
+    axes_height = (height - top - bottom - (rows - 1) * down) / rows
+    figure.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+                           wspace=across / axes_width, hspace=down / axes_height)  # fmt: skip
+
+
+def colour_bar(figure: Figure, image, ax, length: float, **options):
+    """A colour bar beside `ax`'s image, `length` of its height and centred on it: placed in the axes' own
+    coordinates, so it follows the image when a fixed aspect shrinks the axes to fit."""
+    cax = ax.inset_axes([1.04, (1 - length) / 2, 0.04, length])
+    return figure.colorbar(image, cax=cax, **options)
 
 
 def epoch_axis(ax, history: list[dict]) -> None:
@@ -349,6 +284,7 @@ def curve_figure(draw: Callable, history: list[dict], title: str) -> Figure:
     """One panel drawn by `draw` (draw_loss, draw_accuracy), titled."""
     figure = new_figure(8, 5)
     ax = figure.subplots()
+    set_margins(figure, left=0.95, right=0.15, top=0.35, bottom=0.5)
     draw(ax, history)
     ax.set_title(title)
     return figure
@@ -366,6 +302,7 @@ def per_digit_error_figure(history: list[dict], name: str) -> Figure:
     """Ten panels, one per digit, train and test error per epoch on one shared y scale."""
     figure = new_figure(16, 6.5)
     axes = figure.subplots(2, 5, sharex=True, sharey=True)
+    set_margins(figure, left=0.95, right=0.15, top=0.65, bottom=0.5, across=0.15, down=0.35)
     epochs = column(history, EPOCH)
     errors = {split: 100 * per_digit_errors(history, split) for split in DIGIT_ERROR_SPLITS}
     for digit, ax in zip(DIGITS, axes.flat, strict=True):
@@ -389,6 +326,7 @@ def confusion_figure(labels: np.ndarray, predictions: np.ndarray, name: str) -> 
     shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     figure = new_figure(8.5, 7.5)
     ax = figure.subplots()
+    set_margins(figure, left=0.75, right=1.3, top=0.6, bottom=0.55)
     # A square-root colour scale: the 1-2 % confusions stay visible next to a ~98 % diagonal.
     image = ax.imshow(100 * shares, cmap="Blues", norm=PowerNorm(gamma=0.5, vmin=0, vmax=100))
     for (true, predicted), count in np.ndenumerate(counts):
@@ -402,7 +340,7 @@ def confusion_figure(labels: np.ndarray, predictions: np.ndarray, name: str) -> 
     ax.set_ylabel("true digit")
     accuracy = np.trace(counts) / max(counts.sum(), 1)
     ax.set_title(f"Confusion matrix, test set ({counts.sum():,} images, accuracy {accuracy:.2%})\n{name}")
-    colourbar = figure.colorbar(image, ax=ax, shrink=0.85)
+    colourbar = colour_bar(figure, image, ax, length=0.85)
     colourbar.set_label("share of the true digit's test images (%)")
     return figure
 
@@ -418,6 +356,7 @@ def misclassified_figure(test: Split, predictions: np.ndarray, name: str, per_di
     mosaic = np.full((per_digit * height, 10 * width), np.nan)  # NaN: transparent, the figure's white
     figure = new_figure(13, 1.45 * per_digit + 1.2)
     ax = figure.subplots()
+    set_margins(figure, left=0.1, right=0.1, top=0.45, bottom=0.1)
     ax.set_axis_off()
     for digit in DIGITS:
         examples = wrong[test.labels[wrong] == digit][:per_digit]
@@ -441,6 +380,7 @@ def summary_figure(
     figure = new_figure(16, 9)
     grid = figure.add_gridspec(2, 3)
     loss_ax, accuracy_ax, text_ax = (figure.add_subplot(grid[0, i]) for i in range(3))
+    set_margins(figure, left=0.95, right=0.15, top=0.7, bottom=0.5, across=1.2, down=0.9)
     draw_loss(loss_ax, history)
     loss_ax.set_title("Loss per epoch")
     draw_accuracy(accuracy_ax, history)
@@ -452,10 +392,11 @@ def summary_figure(
         draw_digit_bars(figure.add_subplot(grid[1, :2]), history, figures.epoch)
     else:
         draw_digit_bars(figure.add_subplot(grid[1, 0]), history, figures.epoch)
-        weights_ax = figure.add_subplot(grid[1, 1])
+        mosaic_room = grid[1, 1].subgridspec(1, 2, width_ratios=[4, 1], wspace=0)[0]  # the rest: its colour bar
+        weights_ax = figure.add_subplot(mosaic_room, anchor="E")
         image = draw_weights(weights_ax, weights.W[0], unit_ticks=False)
         weights_ax.set_title(f"Incoming weights of the {weights.W[0].shape[1]} first-layer units")
-        figure.colorbar(image, ax=weights_ax, shrink=0.9, extend="both").set_label("weight")
+        colour_bar(figure, image, weights_ax, length=0.9, extend="both").set_label("weight")
     draw_learning_rate(figure.add_subplot(grid[1, 2]), history)
     figure.suptitle(f"Run summary — {name}", fontsize=15)
     return figure
@@ -577,8 +518,9 @@ def weights_figure(weights: Weights, name: str) -> Figure:
     W1 = weights.W[0]
     figure = new_figure(10.5, 9.5)
     ax = figure.subplots()
+    set_margins(figure, left=0.5, right=1.6, top=0.6, bottom=0.5)
     image = draw_weights(ax, W1)
-    colourbar = figure.colorbar(image, ax=ax, shrink=0.8, extend="both")
+    colourbar = colour_bar(figure, image, ax, length=0.8, extend="both")
     colourbar.set_label(f"weight (scale clipped at ±{symmetric_limit(W1):.3g}, the 99.5th percentile of |w|)")
     ax.set_title(
         f"Incoming weights of the {W1.shape[1]} first-layer units, each as the 28×28 image it responds to\n"
@@ -596,6 +538,7 @@ def sparsity_figure(history: list[dict], weights: Weights, name: str) -> Figure:
     """What L1 did: the share of near-zero weights per layer per epoch, and the final weights' distribution."""
     figure = new_figure(17, 5.5)
     share_ax, histogram_ax, magnitude_ax = figure.subplots(1, 3)
+    set_margins(figure, left=0.95, right=0.15, top=0.65, bottom=0.5, across=0.95)
     epochs = column(history, EPOCH)
     layers = range(1, len(weights.W) + 1)
     for layer, sparsity in zip(layers, numbered_columns(history[0], sparsity_column), strict=False):
@@ -651,6 +594,7 @@ def activations_figure(history: list[dict], name: str, hidden: list[int] | None 
     sizes (`hidden`), the legend also counts them."""
     figure = new_figure(8, 5)
     ax = figure.subplots()
+    set_margins(figure, left=0.95, right=0.15, top=0.35, bottom=0.5)
     epochs = column(history, EPOCH)
     styles = ("o-", "s--", "^:", "D-.")  # distinct, as the layers' lines often lie on top of each other at 0 %
     for layer, dead in enumerate(numbered_columns(history[0], dead_units_column), 1):

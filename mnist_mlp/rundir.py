@@ -331,6 +331,11 @@ class RunDir:
             raise UserError(f"{self.metrics_file}: damaged (expected a JSON object)")
         return metrics
 
+    def write_predictions(self, predictions: np.ndarray) -> None:
+        """The predicted digit of each test image (uint8), kept to redraw the prediction plots."""
+        digits = np.asarray(predictions, dtype=np.uint8)
+        atomic_write_with(self.test_predictions_file, lambda file: np.save(file, digits, allow_pickle=False))
+
     def write_weights(self, arrays: dict[str, np.ndarray]) -> None:
         """Named arrays (results.Weights.to_arrays) into the weights file, uncompressed (about 0.4 MB)."""
         atomic_write_with(self.weights_file, lambda file: np.savez(file, **arrays))

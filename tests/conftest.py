@@ -86,6 +86,26 @@ def tiny_config() -> Config:
     )
 
 
+# The nine plots of a finished run.
+ALL_PLOTS = ["loss.png", "accuracy.png", "per_digit_error.png", "confusion_matrix.png", "misclassified.png",
+             "summary.png", "weights.png", "sparsity.png", "activations.png"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny 3-epoch run on synthetic data with a validation split, plotted by the PlotWriter listener (in-process)."""
+    from mnist_mlp.plot_worker import PlotWriter
+    from mnist_mlp.run import train_and_evaluate
+
+    mnist = synthetic_mnist(n_train=200, n_test=120, n_validation=40)
+    config = Config().replace(
+        **{"model.hidden": [16, 12], "train.epochs": 3, "train.batch_size": 20, "train.steps_per_call": 3}
+    )
+    run = RunDir.create(tmp_path_factory.mktemp("plots") / "run", "t")
+    result = train_and_evaluate(config.replace(**{"runtime.device": "cpu"}), run, [PlotWriter()], mnist=mnist)
+    return run, result, mnist
+
+
 @pytest.fixture(scope="session")
 def random_run(tmp_path_factory) -> Path:
     """config.yaml, a last checkpoint and a SavedModel of one untrained 784-100-100-10 model (no data needed)."""

@@ -3,7 +3,7 @@ per-digit errors; what the weights learned (sparsity and dead units in the histo
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -16,15 +16,13 @@ from mnist_mlp import plots, training
 from mnist_mlp.cli import main
 from mnist_mlp.config import Config
 from mnist_mlp.errors import UserError
-from mnist_mlp.plots import PREDICTION_PLOTS, WEIGHT_PLOTS, PlotWorker, PlotWriter, plot_run, weights_mosaic
+from mnist_mlp.plots import PREDICTION_PLOTS, WEIGHT_PLOTS, plot_run, weights_mosaic
 from mnist_mlp.results import Evaluation, Weights, confusion_matrix
 from mnist_mlp.run import epoch_row, train_and_evaluate
 from mnist_mlp.rundir import PREDICTIONS_FILE, WEIGHTS_FILE, RunDir
 from mnist_mlp.training import EpochProgress
-from tests.conftest import child_env, synthetic_mnist
+from tests.conftest import ALL_PLOTS, child_env, synthetic_mnist
 
-ALL_PLOTS = ["loss.png", "accuracy.png", "per_digit_error.png", "confusion_matrix.png", "misclassified.png",
-             "summary.png", "weights.png", "sparsity.png", "activations.png"]  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -40,18 +38,6 @@ def assert_sensible_png(path) -> None:
     assert 10_000 < path.stat().st_size < 2_000_000, (path.name, path.stat().st_size)
     inked = (grey < 200).mean()  # share of pixels that are not (near) white background
     assert 0.005 < inked < 0.6, (path.name, inked)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A tiny 3-epoch run on synthetic data with a validation split, plotted by the PlotWriter listener."""
-    mnist = synthetic_mnist(n_train=200, n_test=120, n_validation=40)
-    config = Config().replace(
-        **{"model.hidden": [16, 12], "train.epochs": 3, "train.batch_size": 20, "train.steps_per_call": 3}
-    )
-    run = RunDir.create(tmp_path_factory.mktemp("plots") / "run", "t")
-    result = train_and_evaluate(config.replace(**{"runtime.device": "cpu"}), run, [PlotWriter()], mnist=mnist)
-    return run, result, mnist
 
 
 def test_a_finished_run_leaves_nine_valid_pngs_and_its_test_predictions(finished_run):
@@ -265,6 +251,66 @@ def test_a_real_short_run_keeps_history_errors_equal_to_its_predictions(tmp_path
     assert last["test_accuracy"] == pytest.approx(np.mean(predictions == labels), abs=1e-12)
 
 
+def every_axes(figure) -> list:
+    """The figure's axes and the axes placed inside them (colour bars)."""
+    return [*figure.axes, *(child for ax in figure.axes for child in ax.child_axes)]
+
+
+def drawn_texts(figure) -> list[tuple[object, object]]:
+    """(owner, box in pixels) of every non-empty text a drawn figure shows: the figure's own (the suptitle), and each
+    axes' title, texts placed in it and, when its axes are on, axis labels and the tick labels inside its view."""
+    found = [(figure, text) for text in figure.texts]
+    for ax in every_axes(figure):
+        texts = [ax.title, *ax.texts]
+        if ax.axison:
+            for axis in (ax.xaxis, ax.yaxis):
+                low, high = sorted(axis.get_view_interval())
+                ticks = [tick for tick in axis.get_major_ticks() if low <= tick.get_loc() <= high]
+                texts += [axis.label, *(label for tick in ticks for label in (tick.label1, tick.label2))]
+        found += [(ax, text) for text in texts]
+    shown = [(owner, text) for owner, text in found if text.get_visible() and text.get_text()]
+    return [(owner, text.get_window_extent(figure.canvas.get_renderer())) for owner, text in shown]
+
+
+def assert_clear_layout(figure) -> None:
+    """Every text inside the figure, and clear of other axes and of their texts (a colour bar's label running into
+    the next panel's y label, a title under the suptitle)."""
+    figure.canvas.draw()
+    width, height = figure.canvas.get_width_height()
+    texts = drawn_texts(figure)
+    frames = [(ax, ax.get_window_extent(figure.canvas.get_renderer())) for ax in every_axes(figure)]
+    for owner, box in texts:
+        assert box.x0 >= -0.5 and box.y0 >= -0.5 and box.x1 <= width + 0.5 and box.y1 <= height + 0.5, (owner, box)
+        for ax, frame in frames:
+            assert ax is owner or not box.shrunk(0.98, 0.9).overlaps(frame), (owner, box, ax)
+    for (owner, box), (other, other_box) in itertools.combinations(texts, 2):
+        assert owner is other or not box.shrunk(0.98, 0.9).overlaps(other_box), (owner, box, other, other_box)
+
+
+@pytest.mark.parametrize("plot", ALL_PLOTS)
+def test_every_label_stays_inside_its_figure_and_clear_of_the_other_panels(finished_run, plot, monkeypatch, tmp_path):
+    _, result, mnist = finished_run
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.setdefault(path.name, figure))
+    run = RunDir.create(tmp_path / "run", "t")
+    predictions, weights = result.final["test"].predictions, Weights.of(result.model)
+    plots.write_plots(run, result.history, mnist.test, predictions, result.config, weights, result.metrics,
+                      mine=lambda name: name == plot)  # fmt: skip
+    assert list(drawn) == [plot]
+    assert_clear_layout(drawn[plot])
+
+
+@pytest.mark.parametrize("units", [1, 10, 300])
+def test_the_weight_pictures_keep_their_colour_bar_clear_at_any_layer_width(finished_run, units):
+    """The mosaic's shape follows the number of units (1×1, 4×3, 18×17 tiles); the colour bar follows the mosaic."""
+    _, result, _ = finished_run
+    rng = np.random.default_rng(0)
+    weights = Weights((rng.normal(size=(784, units)), rng.normal(size=(units, 10))),
+                      (np.zeros((units, 1)), np.zeros((10, 1))))  # fmt: skip
+    assert_clear_layout(plots.weights_figure(weights, "widths"))
+    assert_clear_layout(plots.summary_figure(result.history, result.config, "widths", weights, result.metrics))
+
+
 def visible_ticks(axis, low: float, high: float) -> list[str]:
     return [t.get_text() for t, value in zip(axis.get_ticklabels(), axis.get_ticklocs(), strict=True)
             if low <= value <= high]  # fmt: skip
@@ -303,27 +349,3 @@ def test_the_summary_page_names_the_schedule_it_ran():
     cosine = Config().replace(**{"train.lr_schedule": "cosine", "train.epochs": 40, "train.learning_rate": 0.001}).train
     assert plots._schedule(step) == "0.4, × 0.5 every 3 epochs"
     assert plots._schedule(cosine) == "0.001, cosine towards 0 over 40 epochs"
-
-
-def replay_finish(result, writer: PlotWriter, folder) -> RunDir:
-    """The run's end once more, into another folder of the same name (the name titles the figures)."""
-    run = RunDir.create(folder / "run", "t")
-    writer.on_finish(dataclasses.replace(result, run=run))
-    writer.on_close()
-    return run
-
-
-def test_the_plot_worker_draws_the_same_pngs_as_the_main_process(finished_run, tmp_path):
-    original, result, _ = finished_run
-    run = replay_finish(result, PlotWriter(PlotWorker()), tmp_path)
-    for name in ALL_PLOTS:
-        assert (run.plots / name).read_bytes() == (original.plots / name).read_bytes(), name
-
-
-def test_a_dead_plot_worker_leaves_the_drawing_to_the_main_process(finished_run, tmp_path):
-    _, result, _ = finished_run
-    worker = PlotWorker()
-    worker.process.kill()
-    worker.process.join()
-    run = replay_finish(result, PlotWriter(worker), tmp_path)
-    assert sorted(p.name for p in run.plots.iterdir()) == sorted(ALL_PLOTS)

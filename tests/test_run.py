@@ -346,7 +346,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tmp_pa
 def test_with_early_stopping_the_best_epoch_is_exported_and_reported(tmp_path, config, settings):
     """Also with an optimizer's slots in the checkpoints: the export reads the best checkpoint's weights alone."""
     from mnist_mlp.export import SavedModelWriter, load_saved_model
-    from mnist_mlp.plots import PlotWriter
+    from mnist_mlp.plot_worker import PlotWriter
 
     config = config.replace(**{"train.epochs": 8, "train.patience": 2, **settings})
     run = RunDir.create(tmp_path / "run", "t")
