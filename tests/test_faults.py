@@ -239,7 +239,7 @@ def test_a_sweep_stopped_by_sigint_and_sigterm_then_resumed_loses_and_mixes_noth
     reference_seconds = time.monotonic() - started
 
     # Each signal comes at a random moment while the child is training, chosen against the work it has
-    # left: counted from the first epoch this child finishes, within about 1.5 trial-epochs of it. Each
+    # left: counted from the first epoch this child finishes, within about 0.75 trial-epochs of it. Each
     # resumed child has less left, and a signal after the sweep's end would interrupt nothing; with 32
     # trial-epochs in all and each stop taking at most a few, every signal lands in a running sweep
     # (the exit codes below must say so).
@@ -252,7 +252,7 @@ def test_a_sweep_stopped_by_sigint_and_sigterm_then_resumed_loses_and_mixes_noth
         ready = after_an_epoch_of(child_started=began, trials=tmp_path / "got" / "trials")
         while not ready() and child.poll() is None:
             time.sleep(POLL)
-        time.sleep(rng.uniform(0, 1.5 * trial_epoch_seconds))
+        time.sleep(rng.uniform(0, 0.75 * trial_epoch_seconds))
         child.send_signal(signum)
         code = child.wait(timeout=300)
         assert code == 128 + signum, f"exit {code}: the {signal.Signals(signum).name} interrupted nothing"
