@@ -4,7 +4,7 @@ A run's SavedModel (the folder RunDir.saved_model) has two signatures, both retu
 {"probabilities": float32 [N, 10], "digit": int32 [N]}:
   serving_default  images: uint8 [N, 28, 28], MNIST-like (light ink on black, 0-255)
   serving_float    pixels: float32 [N, 784] in [0, 1], rows of 28 pixels one after another
-The math is model.forward and model.log_softmax, traced into the graph, so it cannot drift from training.
+The math is model.forward and model.softmax, traced into the graph, so it cannot drift from training.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import tensorflow as tf
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.model import N_PIXELS, forward, log_softmax, to_rows
+from mnist_mlp.model import N_PIXELS, forward, softmax, to_rows
 from mnist_mlp.results import Listener, RunResult
 from mnist_mlp.rundir import replace_dir
 
@@ -51,7 +51,7 @@ class ServingModel(tf.Module):
     def _classify(self, X: tf.Tensor) -> dict[str, tf.Tensor]:
         _, logits = forward(self, X)  # rows are images, as in training
         return {
-            "probabilities": tf.cast(tf.exp(log_softmax(logits)), tf.float32),
+            "probabilities": tf.cast(softmax(logits), tf.float32),
             "digit": tf.argmax(logits, axis=1, output_type=tf.int32),  # as Trainer.evaluate picks it
         }
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from mnist_mlp.model import MLP, log_softmax
+from mnist_mlp.model import MLP, softmax
 
 
 def backprop(model: MLP, H: list[tf.Tensor], logits: tf.Tensor, y: tf.Tensor) -> tuple[list, list]:
     """Gradients (∇W, ∇W0), one per layer in order, of the mean cross-entropy, from forward()'s H and logits."""
     M = tf.cast(tf.shape(y)[0], logits.dtype)
-    y_hat = tf.exp(log_softmax(logits))
+    y_hat = softmax(logits)  # ŷ = σ(logits)
     grad_Z = (y_hat - y) / M  # ∇ŷ = −(1/M)(y − ŷ), transposed: [M × K]
     grad_W, grad_W0 = [], []
     for layer in reversed(range(len(model.W))):

@@ -113,6 +113,11 @@ def log_softmax(logits: tf.Tensor) -> tf.Tensor:
     return logits - tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
 
 
+def softmax(logits: tf.Tensor) -> tf.Tensor:
+    """ŷ = σ(logits), the class probabilities: exp of the stable log_softmax."""
+    return tf.exp(log_softmax(logits))
+
+
 def cross_entropy(logits: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
     """Mean over the batch of −Σ_k y[k] log ŷ[k]: (1/M) Σ_m Σ_k −y[m][k] log ŷ[m][k]."""
     M = tf.cast(tf.shape(y)[0], logits.dtype)
@@ -128,4 +133,4 @@ def l1_penalty(model: MLP, l1: float, biases: bool = False) -> tf.Tensor:
 def predict_proba(model: MLP, images: tf.Tensor) -> tf.Tensor:
     """Class probabilities [M, K] for uint8 images, one row per image."""
     _, logits = forward(model, to_rows(images, model.W[0].dtype))
-    return tf.exp(log_softmax(logits))
+    return softmax(logits)

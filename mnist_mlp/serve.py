@@ -22,11 +22,10 @@ from importlib import resources
 from urllib.parse import urlsplit
 
 import numpy as np
-import tensorflow as tf
 
 from mnist_mlp.errors import UserError
 from mnist_mlp.images import BlankImage, digit_from_bytes
-from mnist_mlp.model import MLP, forward, log_softmax, to_rows
+from mnist_mlp.model import MLP, forward, softmax, to_rows
 from mnist_mlp.predict import answer, load_model
 from mnist_mlp.rundir import RunDir
 
@@ -61,7 +60,7 @@ class Inspector:
         activations and the incoming weights of the TOP_UNITS most active first-layer units."""
         with self._lock:  # one forward pass at a time (a millisecond or two): nothing shared to reason about
             H, logits = forward(self.model, to_rows(image[None], self.model.W[0].dtype))
-            probabilities = tf.exp(log_softmax(logits))[0].numpy()  # ŷ = σ(logits), as predict_proba
+            probabilities = softmax(logits)[0].numpy()  # ŷ = σ(logits), as predict_proba
             hidden = [h[0].numpy() for h in H[1:]]  # H^1 … H^{L-1} for this one image
         first = hidden[0]
         top = [int(j) for j in np.argsort(-first, kind="stable")[:TOP_UNITS] if first[j] > 0]
