@@ -111,14 +111,15 @@ for mode in sys.argv[2].split(","):
             else:  # the comparison alone, without the timing
                 problem = gpu_check.compare(config, *gpu_check.check_trainers(config, gpu, train), train)
                 status = "mismatch" if problem else "ok"
-            print(json.dumps({"mode": mode, "seed": seed, "batch": batch, "status": status, "problem": problem}))
+            print(json.dumps({"mode": mode, "seed": seed, "batch": batch, "status": status, "problem": problem}),
+                  flush=True)
 """
 
 
 def check_modes(tmp_path, mnist_dir, modes: list[str], seeds: int, how: str) -> list[dict]:
     command = [sys.executable, "-c", CHECK_EVERY_MODE, str(mnist_dir), ",".join(modes), str(seeds), how]
     env = cli_env(tmp_path, MNIST_MLP_STANDIN_GPU="ok")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1200)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines()]
 
