@@ -6,7 +6,8 @@ It reads the macOS wheels' libraries (tests/macho.py); it cannot run them, so it
 that it computes right (the GPU check does that, on the Mac). Packages come through the project's uv into a uv cache
 of the tests' own, outside the repo: ${XDG_CACHE_HOME:-~/.cache}/mnist_mlp-test-wheels (about 6 GB once filled;
 delete it at will). uv's cache is append-only: a download is unpacked into a temporary folder and moved into place
-only when complete, with its hash checked, so an interrupted run leaves nothing half-written to be reused.
+only when complete, with its hash checked, so an interrupted run leaves nothing half-written to be reused. The first
+run downloads about 1.5 GB.
 
 LLVM's llvm-nm and llvm-objdump read the libraries (Debian: apt-get install llvm; .ci/run installs it). Outside CI
 the tests skip, saying why, when LLVM or the network is missing; in CI (CI=true) they fail instead.
