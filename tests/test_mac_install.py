@@ -7,7 +7,7 @@ that it computes right (the GPU check does that, on the Mac). Packages come thro
 of the tests' own, outside the repo: ${XDG_CACHE_HOME:-~/.cache}/mnist_mlp-test-wheels (about 6 GB once filled;
 delete it at will). uv's cache is append-only: a download is unpacked into a temporary folder and moved into place
 only when complete, with its hash checked, so an interrupted run leaves nothing half-written to be reused. The first
-run downloads about 1.5 GB.
+run downloads about 1.6 GB.
 
 LLVM's llvm-nm and llvm-objdump read the libraries (Debian: apt-get install llvm; .ci/run installs it). Outside CI
 the tests skip, saying why, when LLVM or the network is missing; in CI (CI=true) they fail instead.
