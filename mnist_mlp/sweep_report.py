@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from mnist_mlp.config import config_yaml
 from mnist_mlp.history import EPOCH, accuracy_column, loss_column
 from mnist_mlp.plots import new_figure, save_figure
 from mnist_mlp.progress import plural
@@ -128,7 +128,7 @@ def write_best_config(path: Path, trial: Trial, row: dict, sweep: Sweep) -> None
         f"# after {plural(row['epochs'], 'epoch')}. "
         f"Its test accuracy, {row[TEST_ACCURACY]:.2%}, was recorded, not used.\n"
     )
-    atomic_write(path, header + yaml.safe_dump(trial.config.to_dict(), sort_keys=False))
+    atomic_write(path, header + config_yaml(trial.config))
 
 
 def summary_markdown(sweep: Sweep, rows: list[dict]) -> str:

@@ -66,6 +66,20 @@ def test_grid_is_every_combination_in_file_order(tmp_path):
     assert sweep.trials[3].config.model.hidden == [16, 12]  # the fixed `set` applies to every trial
 
 
+def test_numbers_in_e_notation_are_floats_in_a_sweep_file(tmp_path):
+    """Written by hand, as people write rates: 1e-5 in a grid, a distribution's bounds and `set`."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "set:\n  train.epochs: 2\n  train.momentum: 5E-1\n"
+        "grid:\n  train.l1: [0, 1e-5]\n"
+        "random:\n  trials: 2\n  params:\n    train.learning_rate: {log_uniform: [1e-3, .5]}\n"
+    )
+    sweep = load_sweep(path, ["train.epsilon=1e-8"])
+    assert [t.values["train.l1"] for t in sweep.trials] == [0.0, 0.0, 1e-5, 1e-5]
+    assert all(1e-3 <= t.config.train.learning_rate <= 0.5 for t in sweep.trials)
+    assert {(t.config.train.momentum, t.config.train.epsilon) for t in sweep.trials} == {(0.5, 1e-8)}
+
+
 def test_random_draws_are_seeded_and_within_bounds(tmp_path):
     spec = {
         "set": TINY,
