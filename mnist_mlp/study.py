@@ -36,11 +36,12 @@ HEARTBEAT_SECONDS = 10  # how often a running trial says it is alive
 GRACE_SECONDS = 30  # a trial silent this long is taken for dead, failed and queued again
 DRAW = "draw"  # the grid dimension that numbers the random section's draws
 SWEEP_ATTR = "sweep"  # the study's record of the sweep it runs
-RETRY = RetryHeartbeatStaleTrialCallback()  # a copy of the failed trial, same values, queued (WAITING)
 POSTGRES_EXTRA = "pip install 'mnist-mlp[postgres]' (or make install POSTGRES=1)"
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own lines, failures included
+# Heartbeats and the retry callback are marked experimental (since Optuna 2.8); the sweep relies on them.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+RETRY = RetryHeartbeatStaleTrialCallback()  # a copy of the failed trial, same values, queued (WAITING)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import TextIO
 
 import optuna
 import tensorflow as tf
+from optuna.trial import FrozenTrial
 
 from mnist_mlp import import_tensorflow_quietly
 from mnist_mlp.config import Config, DataConfig
@@ -125,12 +126,20 @@ def work(
     salt = len(optuna.load_study(study_name=place.study, storage=storage).trials) * 1000 + worker
     study = open_study(sweep, storage, place.study, salt)
     objective = functools.partial(_objective, sweep=sweep, out=Path(place.out), stop=stop, load=load)
+
+    def progress(study: optuna.Study, trial: FrozenTrial) -> None:
+        """A line for the trial this worker has just finished, with the study's count and best so far."""
+        found = rows(study)
+        mine = [row for row in found if row["number"] == trial.number]
+        if mine:
+            finished = sum(row["status"] != "running" for row in found)
+            say(stream, progress_line(finished, sweep.budget, mine[0], ranked(found)[0], sweep.keys))
+
     while not stop():
         fail_stale_trials(study)  # dead workers' trials: failed and queued again
         left, waiting, running = counts(study, sweep)
         if left + waiting:
-            study.optimize(objective, n_trials=1, catch=(Duplicate,), gc_after_trial=False)
-            _progress(study, sweep, stream)
+            study.optimize(objective, n_trials=1, catch=(Duplicate,), callbacks=[progress], gc_after_trial=False)
         elif running:
             time.sleep(POLL_SECONDS)
         else:
@@ -154,6 +163,8 @@ def _objective(
     try:
         run, status = run_trial(folder, config, [EpochReporter(trial, stop)], load)
     except optuna.TrialPruned:
+        trial.set_user_attr("status", "pruned")
+        trial.set_user_attr("metrics", _figures(RunDir(folder).read_metrics()))
         raise
     except BaseException:
         retry(trial.study, trial.number)  # stopped unfinished: the next worker to look runs it again
@@ -224,15 +235,6 @@ def pruned_metrics(history: list[dict]) -> dict:
                for name in (accuracy_column(split), loss_column(split)) if name in last}  # fmt: skip
     return {"status": "pruned", **figures, "epochs": len(history), "best_epoch": best_epoch(history),
             "model_epoch": last[EPOCH], "seconds_total": sum(row[SECONDS] for row in history)}  # fmt: skip
-
-
-def _progress(study: optuna.Study, sweep: Sweep, stream: TextIO) -> None:
-    """A line for the trial this worker just finished, with the study's count and best so far."""
-    found = rows(study)
-    mine = max((row for row in found if row["status"] != "running"), key=lambda row: row["number"], default=None)
-    if mine is not None:
-        finished = sum(row["status"] != "running" for row in found)
-        say(stream, progress_line(finished, sweep.budget, mine, ranked(found)[0], sweep.keys))
 
 
 @contextmanager

@@ -129,8 +129,8 @@ def epochs_saved(rows: list[dict]) -> tuple[int, int, int]:
     trials would still have trained up to their train.epochs)."""
     trained = sum(row.get("epochs") or 0 for row in rows)
     pruned = [row for row in rows if row["status"] == "pruned"]
-    return trained, sum(row["epochs"] for row in pruned), sum(row["config"]["train"]["epochs"] - row["epochs"]
-                                                               for row in pruned)  # fmt: skip
+    ran = sum(row.get("epochs") or 0 for row in pruned)
+    return trained, ran, sum(row["config"]["train"]["epochs"] for row in pruned) - ran
 
 
 def summary_markdown(info: dict, rows: list[dict], retried: int = 0, duplicates: int = 0) -> str:
@@ -296,7 +296,7 @@ def _describe(row: dict, keys: list[str]) -> str:
 
 def _figures(row: dict) -> str:
     if row["status"] == "pruned":
-        return f"pruned after {plural(row['epochs'], 'epoch')} (val loss {row[VAL_LOSS]:.4f})"
+        return f"pruned after {plural(row.get('epochs') or 0, 'epoch')} (val loss {_show(row.get(VAL_LOSS), '.4f')})"
     if not usable(row):
         return f"diverged after {plural(row.get('epochs') or 0, 'epoch')}"
     return (
