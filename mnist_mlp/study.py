@@ -20,6 +20,7 @@ import json
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,19 @@ SWEEP_ATTR = "sweep"  # the study's record of the sweep it runs
 POSTGRES_EXTRA = "pip install 'mnist-mlp[postgres]' (or make install POSTGRES=1)"
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own lines, failures included
-# Heartbeats and the retry callback are marked experimental (since Optuna 2.8); the sweep relies on them.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-RETRY = RetryHeartbeatStaleTrialCallback()  # a copy of the failed trial, same values, queued (WAITING)
+
+
+@contextlib.contextmanager
+def _stable_enough() -> Iterator[None]:
+    """Heartbeats and the retry callback are marked experimental (since Optuna 2.8-2.9); the sweep relies on
+    them, and says nothing each time it uses them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+with _stable_enough():
+    RETRY = RetryHeartbeatStaleTrialCallback()  # a copy of the failed trial, same values, queued (WAITING)
 
 
 @dataclass(frozen=True)
@@ -86,13 +97,14 @@ def open_storage(url: str) -> RDBStorage:
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     for attempt in range(3):  # workers started at once on a new database race to create its tables
         try:
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_SECONDS,
-                grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=RETRY,
-            )
+            with _stable_enough():
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                    heartbeat_stale_trial_callback=RETRY,
+                )
         except ImportError:
             raise UserError(f"--storage {shown(url)}: the database driver is not installed: {POSTGRES_EXTRA}") from None
         except sqlalchemy.exc.ArgumentError as exc:
@@ -266,7 +278,8 @@ def retry(study: optuna.Study, number: int) -> None:
 
 def fail_stale_trials(study: optuna.Study) -> None:
     """Fail the trials whose worker stopped beating, each queued again (once, whichever worker sees it)."""
-    optuna.storages.fail_stale_trials(study)
+    with _stable_enough():
+        optuna.storages.fail_stale_trials(study)
 
 
 def counts(study: optuna.Study, sweep: Sweep) -> tuple[int, int, int]:
