@@ -6,12 +6,17 @@
 # is: a 3.12 found on the machine, else a 3.10 or 3.11, else a 3.12 that uv downloads.
 # `make PYTHON=/path/to/python3.12` picks the interpreter by hand. Packages come from requirements.lock
 # (pinned, hashed, one file for every platform); `make lock` regenerates it from pyproject.toml.
+# `make install POSTGRES=1` (or train, test, sweep ... POSTGRES=1) adds the PostgreSQL driver that a sweep
+# study shared by several machines needs (the `postgres` extra, pinned in requirements-postgres.lock).
 PYTHON ?=
+POSTGRES ?=
 UV := scripts/uv
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed$(if $(POSTGRES),-postgres)
 LOCK := requirements.lock
+POSTGRES_LOCK := requirements-postgres.lock
+LOCKS := $(LOCK) $(if $(POSTGRES),$(POSTGRES_LOCK))
 CONFIG ?= configs/default.yaml
 ARGS ?=
 # uv trusts the machine's certificate store, as pip and curl do (a company proxy's CA, or CI's, lives there).
@@ -42,19 +47,24 @@ endif
 	@echo "$(VENV): Python $$($(BIN)/python -c 'import platform; print(platform.python_version())') from $$(sed -n 's/^home = //p' $(VENV)/pyvenv.cfg)"
 
 # Exactly the lock's packages (sync also removes strays), then the project itself, built with the lock's setuptools.
-$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
+$(STAMP): $(BIN)/python pyproject.toml $(LOCKS)
 	@$(BIN)/python -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] < (3, 13))' || { \
 	  echo "error: $(VENV) holds Python $$($(BIN)/python -V 2>&1); TensorFlow needs 3.10-3.12: make clean && make install"; exit 2; }
-	$(UV) pip sync --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV) pip sync --python $(BIN)/python --require-hashes $(LOCKS)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed $(VENV)/.installed-postgres
 	touch $(STAMP)
 
 # The lock covers Linux (x86_64, aarch64) and macOS arm64 on CPython 3.10-3.12, tensorflow-metal under its
 # darwin/arm64 marker, and the dev tools. Current pins are kept unless pyproject.toml asks otherwise;
 # `make lock ARGS=--upgrade` moves everything to the newest allowed versions.
+# The postgres extra's lock holds the driver alone, pinned to agree with the main lock.
 lock:
 	$(UV) pip compile pyproject.toml --extra dev --universal --python-version 3.10 --generate-hashes \
 	  --custom-compile-command 'make lock' --quiet -o $(LOCK) $(ARGS)
+	sed -n 's/^postgres = \[\(.*\)\]/\1/p' pyproject.toml | tr ',' '\n' | tr -d ' "' \
+	  | $(UV) pip compile - --universal --python-version 3.10 --generate-hashes -c $(LOCK) \
+	  --custom-compile-command 'make lock' --quiet -o $(POSTGRES_LOCK) $(ARGS)
 
 train: $(STAMP)
 	$(BIN)/mnist-mlp train --config $(CONFIG) $(ARGS)
