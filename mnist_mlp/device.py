@@ -105,7 +105,8 @@ def configure_threads(threads: int) -> None:
 
 
 # XLA's CPU runtime: the whole compiled loop as one LLVM function ("legacy") rather than a sequence of thunks,
-# TF 2.19's default, which pays a dispatch per op. Only with it does XLA beat the plain graph here (README, Speed).
+# TF 2.19's default, which pays a dispatch per op. Only with it does XLA beat the plain graph here
+# (docs/performance.md).
 XLA_CPU_RUNTIME_FLAG = "--xla_cpu_use_thunk_runtime=false"
 _xla_flags_read = False
 
@@ -147,7 +148,7 @@ def gpu_device(config: RuntimeConfig, name: str, reason: str = "") -> Device:
 
 def _jit(config: RuntimeConfig) -> bool:
     # auto: on for the CPU on Linux, where an epoch at batch 50 took about 0.75x the plain graph's time (with
-    # XLA's CPU runtime as prepare_xla_cpu sets it; README, Speed). Off on macOS, where it was never measured,
+    # XLA's CPU runtime as prepare_xla_cpu sets it; docs/performance.md). Off on macOS, where it was never measured,
     # and on the GPU (gpu_device): Metal has no XLA.
     return sys.platform == "linux" if config.jit_compile == "auto" else config.jit_compile
 

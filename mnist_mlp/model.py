@@ -8,7 +8,7 @@ The code holds the transposes of X, H^l, y and the logits: rows are samples (X i
 H[l] is (H^l)ᵀ [M, N_l]), and each line computes its formula transposed, e.g. (H^l)ᵀ = φ((H^{l-1})ᵀ W^l +
 (W0^l)ᵀ). The weights are stored exactly as the report has them. Why: on the CPU a matrix product whose
 left operand is transposed, as (W^l)ᵀ H^{l-1} is with columns for samples, ran slower; with XLA an epoch
-took about 1.3x as long (README, Speed). Each activation φ is written beside its derivative (`Activation`),
+took about 1.3x as long (docs/performance.md). Each activation φ is written beside its derivative (`Activation`),
 which gradients.py uses, so another activation is one more entry in ACTIVATIONS. Biases are added after
 the matmul, never as a fused BiasAdd (a fused MatMul+BiasAdd+ReLU has given wrong results on Metal in
 graph mode).

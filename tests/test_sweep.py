@@ -444,7 +444,7 @@ def test_a_sweep_whose_trials_all_diverge_writes_no_best_config(tmp_path):
 
 def mnist_set(mnist_dir: Path, **more) -> dict:
     """A slice of real MNIST and a small network: a trial trains in seconds. Without XLA, whose matmuls sum in
-    an order that depends on the thread count (README, Speed), so that runs with other thread counts agree."""
+    an order that depends on the thread count (docs/performance.md), so that runs with other thread counts agree."""
     return {
         "data.dir": str(mnist_dir),
         "data.train_limit": 2000,
