@@ -60,3 +60,12 @@ def import_tensorflow_quietly() -> None:
     finally:
         for name in hidden:
             del sys.modules[name]
+
+
+def sweep_worker_process(*args: object) -> None:
+    """Where a sweep's worker process starts (sweep.py): TensorFlow imported quietly first, as the sweep's own
+    module imports it at the top, then the worker."""
+    import_tensorflow_quietly()
+    from mnist_mlp.sweep import worker_main
+
+    worker_main(*args)

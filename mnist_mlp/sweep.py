@@ -28,7 +28,7 @@ import optuna
 import tensorflow as tf
 from optuna.trial import FrozenTrial
 
-from mnist_mlp import import_tensorflow_quietly
+from mnist_mlp import sweep_worker_process
 from mnist_mlp.config import Config, DataConfig
 from mnist_mlp.data import Mnist, load_mnist
 from mnist_mlp.device import configure_threads
@@ -257,7 +257,7 @@ def _run_processes(sweep: Sweep, place: Place, workers: int, threads: int) -> No
     """`workers` spawned processes, each a worker on the study; SIGINT and SIGTERM are passed on to them
     (each stops its trial, which is queued again) and raise Interrupted once they have exited."""
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_worker_main, args=(sweep, place, threads, n)) for n in range(workers)]
+    children = [context.Process(target=sweep_worker_process, args=(sweep, place, threads, n)) for n in range(workers)]
     received: list[int] = []
 
     def pass_on(signum: int, _frame: object) -> None:
@@ -282,11 +282,10 @@ def _run_processes(sweep: Sweep, place: Place, workers: int, threads: int) -> No
         raise UserError(f"{len(failed)} of {workers} worker processes failed (exit {failed[0]}); see above")
 
 
-def _worker_main(sweep: Sweep, place: Place, threads: int, worker: int) -> None:
+def worker_main(sweep: Sweep, place: Place, threads: int, worker: int) -> None:
     """A worker process: its trials one after another; exits 128 + signal when stopped, 2 on a user error."""
     code = 0
     try:
-        import_tensorflow_quietly()
         configure_threads(threads)
         tf.get_logger().setLevel(logging.ERROR)
         with stop_on_signals() as stop:

@@ -171,7 +171,7 @@ def test_two_machines_share_one_postgresql_study(tmp_path, postgres, grid_file, 
     winner = next(row for row in results(single / "trials.csv") if row["rank"] == "1")
     print(f"\nPostgreSQL, 2 workers: {len(trials)} trials for 8 grid points ({len(ran['machine-a'])} on machine-a, "
           f"{len(ran['machine-b'])} on machine-b); retries: {retries}; duplicates: {duplicates}; winner "
-          f"{winner['trial']} (lr {winner['train.learning_rate']}, seed {winner['seed']}), the SQLite run's")  # fmt: skip
+          f"{winner['trial']} (lr {winner['train.learning_rate']}, seed {winner['seed']}) as SQLite's")  # fmt: skip
     assert retries == 0 and duplicates == 0
 
 
