@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # train reads its data before TensorFlow's seconds of start-up, so bad data is reported at once;
         # plot needs no TensorFlow at all.
-        if args.command not in ("train", "plot"):
+        if args.command not in ("train", "plot") and not getattr(args, "report", False):  # nor sweep --report
             import_tensorflow_quietly()
         return args.handler(args)
     except GpuMismatch as exc:

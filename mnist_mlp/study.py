@@ -2,10 +2,11 @@
 
 The study lives in a database: by default a SQLite file in the sweep folder (OUT/study.db), or any SQLAlchemy
 URL Optuna supports (`--storage`), e.g. a PostgreSQL server that workers on several machines share. A grid or
-random sweep runs on Optuna's GridSampler: trial number k takes point k of the grid (the random draws are one
-more grid dimension, `draw`), so workers never pick the same point, however many there are. A TPE sweep runs
-TPESampler. Each trial records its swept values, its complete config, the machine and folder it trains in,
-its status and figures, and its validation curve, so that the report can be written from the study alone.
+random sweep runs on Optuna's GridSampler: trial number k takes point k of the grid, so workers never pick the
+same point, however many there are; the random draws are one more grid dimension, `draw`, whose number gives
+the draw's values (DrawSampler). A TPE sweep runs TPESampler. Each trial records its swept values, its
+complete config, the machine and folder it trains in, its status and figures, and its validation curve, so
+that the report can be written from the study alone.
 
 A running trial writes a heartbeat; one silent for GRACE_SECONDS (its worker killed, its machine gone) is
 failed by the next worker that looks and queued again (Optuna's retry callback), as is a trial stopped by
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -120,14 +122,14 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def sampler_for(sweep: Sweep, salt: int = 0) -> optuna.samplers.BaseSampler:
+def sampler_for(sweep: Sweep, trials: int = 0, worker: int = 0) -> optuna.samplers.BaseSampler:
     """GridSampler over the grid (and the draws) for grid and random sweeps; TPESampler for tpe.
 
-    TPE's seed is the file's mixed with `salt` (the trials the study held when this worker started, and the
-    worker's number): workers started together, or a resumed sweep, do not repeat each other's first draws."""
+    TPE's seed is the file's mixed with the number of trials the study held when this worker started and the
+    worker's number: workers started together, or a resumed sweep, do not repeat each other's first draws."""
     if sweep.sampler.name != "tpe":
-        return optuna.samplers.GridSampler(grid_space(sweep), seed=sweep.seed)
-    seed = int(hashlib.sha256(f"{sweep.seed}/{salt}".encode()).hexdigest()[:8], 16)
+        return DrawSampler(sweep)
+    seed = int(hashlib.sha256(f"{sweep.seed}/{trials}/{worker}".encode()).hexdigest()[:8], 16)
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True, **sweep.sampler.settings)
 
 
@@ -169,12 +171,13 @@ def fingerprint(sweep: Sweep) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def open_study(sweep: Sweep, storage: RDBStorage, name: str, salt: int = 0) -> optuna.Study:
-    """The sweep's study in `storage`, made on first use; a study of another sweep under that name is refused."""
+def open_study(sweep: Sweep, storage: RDBStorage, name: str, worker: int = 0) -> optuna.Study:
+    """The sweep's study in `storage`, made on first use, for worker number `worker` of this machine; a study
+    of another sweep under that name is refused."""
     study = optuna.create_study(
         storage=storage,
         study_name=name,
-        sampler=sampler_for(sweep, salt),
+        sampler=sampler_for(sweep),
         pruner=pruner_for(sweep),
         direction="minimize",  # the validation error (1 − validation accuracy); pruned on validation loss
         load_if_exists=True,
@@ -187,6 +190,7 @@ def open_study(sweep: Sweep, storage: RDBStorage, name: str, salt: int = 0) -> o
             f"study {name} in {shown(storage.url)} runs another search ({recorded['file']}, different settings); "
             "give another --study name (or another --out folder)"
         )
+    study.sampler = sampler_for(sweep, len(study.get_trials(deepcopy=False)), worker)
     return study
 
 
@@ -221,28 +225,39 @@ def describe(sweep: Sweep) -> dict:
 
 
 def suggest(trial: optuna.Trial, sweep: Sweep) -> dict[str, Any]:
-    """This trial's values of the swept keys, recorded as its parameters: the grid point (and draw) GridSampler
-    gave it, or TPE's choice. A draw's values are recorded as one-value choices (no sampler asked)."""
-    values: dict[str, Any] = {}
-    if sweep.sampler.name == "tpe":
-        for key, spec in sweep.space.items():
-            kind, args = next(iter(spec.items()))
-            if kind == "choice":
-                values[key] = sweep.decode(key, trial.suggest_categorical(key, encode(args)))
-            elif kind == "int_uniform":
-                values[key] = trial.suggest_int(key, args[0], args[1])
-            else:
-                values[key] = trial.suggest_float(key, args[0], args[1], log=kind == "log_uniform")
-        return values
-    for key, choices in grid_space(sweep).items():
+    """This trial's values of the swept keys, recorded as its parameters with their distributions: the grid
+    point (and draw) the sampler gave it, or TPE's choice."""
+    values = {}
+    for key, choices in grid_space(sweep).items():  # the draw's number first: its values follow from it
+        value = trial.suggest_categorical(key, choices)
         if key != DRAW:
-            values[key] = sweep.decode(key, trial.suggest_categorical(key, choices))
-    if sweep.draws:
-        draw = sweep.draws[trial.suggest_categorical(DRAW, list(range(len(sweep.draws))))]
-        for key, value in draw.items():
-            trial.suggest_categorical(key, encode([value]))
-            values[key] = value
+            values[key] = sweep.decode(key, value)
+    for key, spec in sweep.space.items():
+        kind, args = next(iter(spec.items()))
+        if kind == "choice":
+            values[key] = sweep.decode(key, trial.suggest_categorical(key, encode(args)))
+        elif kind == "int_uniform":
+            values[key] = trial.suggest_int(key, args[0], args[1])
+        else:
+            values[key] = trial.suggest_float(key, args[0], args[1], log=kind == "log_uniform")
     return values
+
+
+class DrawSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler over the grid and the draws' numbers, which answers each random key of a trial
+    with the value of the draw it was given."""
+
+    def __init__(self, sweep: Sweep):
+        super().__init__(grid_space(sweep), seed=sweep.seed)
+        self.grid, self.draws = grid_space(sweep), sweep.draws
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        if param_name in self.grid:
+            return super().sample_independent(study, trial, param_name, param_distribution)
+        value = self.draws[trial.params[DRAW]][param_name]
+        return encode([value])[0]
 
 
 def order_of(sweep: Sweep, values: dict[str, Any]) -> int:

@@ -122,9 +122,7 @@ def work(
     worker: int = 0,
 ) -> None:
     """Run the study's trials until none is left to start or running anywhere; Interrupted on a signal."""
-    storage = open_storage(place.url)
-    salt = len(optuna.load_study(study_name=place.study, storage=storage).trials) * 1000 + worker
-    study = open_study(sweep, storage, place.study, salt)
+    study = open_study(sweep, open_storage(place.url), place.study, worker)
     objective = functools.partial(_objective, sweep=sweep, out=Path(place.out), stop=stop, load=load)
 
     def progress(study: optuna.Study, trial: FrozenTrial) -> None:

@@ -461,7 +461,8 @@ def mnist_set(mnist_dir: Path, **more) -> dict:
 
 @pytest.mark.slow
 def test_results_do_not_depend_on_the_number_of_workers(tmp_path, mnist_dir):
-    """Each trial is deterministic on the CPU, so one process and two spawned workers agree exactly."""
+    """One process (two threads) and two spawned workers (one thread each) run the same trials to the same
+    figures, up to the last bits of the evaluation's sums, whose order follows the thread count."""
     spec = {"set": mnist_set(mnist_dir), "grid": {"train.learning_rate": [0.05, 0.2]}}
     sweep = load_sweep(write_sweep(tmp_path, spec))
     tables = []
@@ -469,7 +470,10 @@ def test_results_do_not_depend_on_the_number_of_workers(tmp_path, mnist_dir):
         out = tmp_path / f"workers{workers}"
         run_sweep(sweep, place(out), workers=workers, stream=io.StringIO())
         tables.append(results(read_csv(out / "trials.csv")))
-    assert tables[0] == tables[1]
+    figures = [column for column in tables[0][0] if column.endswith(("_accuracy", "_loss"))]
+    for one, two in zip(*tables, strict=True):
+        assert {k: v for k, v in one.items() if k not in figures} == {k: v for k, v in two.items() if k not in figures}
+        assert [float(one[k]) for k in figures] == pytest.approx([float(two[k]) for k in figures], rel=1e-6)
     assert all(row["status"] == "finished" for row in tables[0])
     assert float(tables[0][0]["validation_accuracy"]) > 0.8  # it did train on real digits
 
