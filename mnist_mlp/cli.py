@@ -149,13 +149,13 @@ def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace, plot_worker: 
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.report:
+        return sweep_report(args)
     from mnist_mlp.run import Interrupted
     from mnist_mlp.study import shown, sweep_place
     from mnist_mlp.sweep import run_sweep
     from mnist_mlp.sweep_file import load_sweep
 
-    if args.report:
-        return sweep_report(args)
     if args.sweep_file is None:
         raise UserError("sweep: give a sweep file (e.g. configs/sweep.yaml), or --report to report on a study")
     sweep = load_sweep(args.sweep_file, args.set)
