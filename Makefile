@@ -7,16 +7,18 @@
 # `make PYTHON=/path/to/python3.12` picks the interpreter by hand. Packages come from requirements.lock
 # (pinned, hashed, one file for every platform); `make lock` regenerates it from pyproject.toml.
 # `make install POSTGRES=1` (or train, test, sweep ... POSTGRES=1) adds the PostgreSQL driver that a sweep
-# study shared by several machines needs (the `postgres` extra, pinned in requirements-postgres.lock).
+# study shared by several machines needs (the `postgres` extra, pinned in requirements-postgres.lock); the
+# .venv keeps it from then on (.venv/.postgres).
 PYTHON ?=
 POSTGRES ?=
 UV := scripts/uv
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed$(if $(POSTGRES),-postgres)
+WITH_POSTGRES := $(or $(POSTGRES),$(wildcard $(VENV)/.postgres))
+STAMP := $(VENV)/.installed$(if $(WITH_POSTGRES),-postgres)
 LOCK := requirements.lock
 POSTGRES_LOCK := requirements-postgres.lock
-LOCKS := $(LOCK) $(if $(POSTGRES),$(POSTGRES_LOCK))
+LOCKS := $(LOCK) $(if $(WITH_POSTGRES),$(POSTGRES_LOCK))
 CONFIG ?= configs/default.yaml
 ARGS ?=
 # uv trusts the machine's certificate store, as pip and curl do (a company proxy's CA, or CI's, lives there).
@@ -53,6 +55,7 @@ $(STAMP): $(BIN)/python pyproject.toml $(LOCKS)
 	$(UV) pip sync --python $(BIN)/python --require-hashes $(LOCKS)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed $(VENV)/.installed-postgres
+	$(if $(WITH_POSTGRES),touch $(VENV)/.postgres)
 	touch $(STAMP)
 
 # The lock covers Linux (x86_64, aarch64) and macOS arm64 on CPython 3.10-3.12, tensorflow-metal under its
