@@ -8,15 +8,22 @@
 # is: a 3.12 found on the machine, else a 3.10 or 3.11, else a 3.12 that uv downloads.
 # `make PYTHON=/path/to/python3.12` picks the interpreter by hand. Packages come from the locks (pinned,
 # hashed, one file for every platform each); `make lock` regenerates them from pyproject.toml.
+# `make install POSTGRES=1` (or train, test, sweep ... POSTGRES=1) adds the PostgreSQL driver that a sweep
+# study shared by several machines needs (the `postgres` extra, pinned in requirements-postgres.lock); the
+# .venv keeps it from then on (.venv/.postgres).
 PYTHON ?=
+POSTGRES ?=
 UV := scripts/uv
 VENV := .venv
 BIN := $(VENV)/bin
-# Stamps: the runtime lock's packages and the project are installed; the dev lock's too.
-STAMP := $(VENV)/.installed
-DEV_STAMP := $(VENV)/.installed-dev
+WITH_POSTGRES := $(or $(POSTGRES),$(wildcard $(VENV)/.postgres))
+# Stamps: the runtime lock's packages and the project are installed; the dev lock's too (-postgres: and the driver).
+STAMP := $(VENV)/.installed$(if $(WITH_POSTGRES),-postgres)
+DEV_STAMP := $(VENV)/.installed-dev$(if $(WITH_POSTGRES),-postgres)
 LOCK := requirements.lock
 DEV_LOCK := requirements-dev.lock
+POSTGRES_LOCK := requirements-postgres.lock
+EXTRA_LOCKS := $(if $(WITH_POSTGRES),$(POSTGRES_LOCK))
 # Bytecode compiled at install time: the first run, and every run under PYTHONDONTWRITEBYTECODE=1 (common in
 # containers and CI), would otherwise compile TensorFlow's thousands of modules on each start.
 SYNC = $(UV) pip sync --python $(BIN)/python --require-hashes --compile-bytecode
@@ -56,27 +63,31 @@ endif
 define sync
 	@$(BIN)/python -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] < (3, 13))' || { \
 	  echo "error: $(VENV) holds Python $$($(BIN)/python -V 2>&1); TensorFlow needs 3.10-3.12: make clean && make install"; exit 2; }
-	$(SYNC) $(1)
+	$(SYNC) $(1) $(EXTRA_LOCKS)
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
+	$(if $(WITH_POSTGRES),touch $(VENV)/.postgres)
 endef
 
-$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
-	$(call sync,$(if $(wildcard $(DEV_STAMP)),$(DEV_LOCK),$(LOCK)))
-	touch $(STAMP) $(wildcard $(DEV_STAMP))
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK) $(EXTRA_LOCKS)
+	$(call sync,$(if $(wildcard $(VENV)/.installed-dev*),$(DEV_LOCK),$(LOCK)))
+	touch $(STAMP) $(if $(wildcard $(VENV)/.installed-dev*),$(DEV_STAMP))
 
-$(DEV_STAMP): $(BIN)/python pyproject.toml $(LOCK) $(DEV_LOCK)
+$(DEV_STAMP): $(BIN)/python pyproject.toml $(LOCK) $(DEV_LOCK) $(EXTRA_LOCKS)
 	$(call sync,$(DEV_LOCK))
 	touch $(STAMP) $(DEV_STAMP)
 
 # Each lock covers Linux (x86_64, aarch64) and macOS arm64 on CPython 3.10-3.12, tensorflow-metal under its
 # darwin/arm64 marker. The dev lock is resolved with the runtime lock as its constraints, so it holds the same
-# pins plus the dev tools. Current pins are kept unless pyproject.toml asks otherwise; `make lock ARGS=--upgrade`
-# moves everything to the newest allowed versions.
-LOCK_COMPILE = $(UV) pip compile pyproject.toml --universal --python-version 3.10 --generate-hashes \
+# pins plus the dev tools; the postgres lock holds the driver alone, pinned to agree with the runtime lock.
+# Current pins are kept unless pyproject.toml asks otherwise; `make lock ARGS=--upgrade` moves everything to the
+# newest allowed versions.
+LOCK_COMPILE = $(UV) pip compile --universal --python-version 3.10 --generate-hashes \
   --custom-compile-command 'make lock' --quiet
 lock:
-	$(LOCK_COMPILE) -o $(LOCK) $(ARGS)
-	$(LOCK_COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK) $(ARGS)
+	$(LOCK_COMPILE) pyproject.toml -o $(LOCK) $(ARGS)
+	$(LOCK_COMPILE) pyproject.toml --extra dev -c $(LOCK) -o $(DEV_LOCK) $(ARGS)
+	sed -n 's/^postgres = \[\(.*\)\]/\1/p' pyproject.toml | tr ',' '\n' | tr -d ' "' \
+	  | $(LOCK_COMPILE) - -c $(LOCK) -o $(POSTGRES_LOCK) $(ARGS)
 
 train: $(STAMP)
 	$(BIN)/mnist-mlp train --config $(CONFIG) $(ARGS)
