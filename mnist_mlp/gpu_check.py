@@ -276,8 +276,8 @@ def step_bounds(
     out = rounding.output(fwd, labels)
     grads = rounding.gradients(W, W0, fwd, out, Y, cfg.l1, cfg.l1_biases)
     g, A_g = [*grads.W, *grads.W0], [*grads.A_W, *grads.A_W0]
-    after, low, high = (
-        exact_update(config, before, [x + d * a for x, a in zip(g, A_g, strict=True)], lr) for d in (0, -1, 1)
+    after, low, high = exact_update(
+        config, before, [[x + d * a for x, a in zip(g, A_g, strict=True)] for d in (0, -1, 1)], lr
     )
     # Adam computes its step size α_t in float32 (the others take α as it is); its last slot is its step count t.
     rate_error = (
@@ -292,16 +292,20 @@ def step_bounds(
     return [*bounds, rounding.loss_sum_bound(out) / len(labels)]
 
 
-def exact_update(config: Config, before: list[np.ndarray], grads: list[np.ndarray], lr: float) -> list[np.ndarray]:
+def exact_update(config: Config, before: list[np.ndarray], grad_sets: list[list], lr: float) -> list[list[np.ndarray]]:
     """The optimizer's own update (optimizers.py) run in float64 on the CPU from the state `before` (weights,
-    then slots) with the gradients `grads`: the weights and slots after it, exact for our purpose."""
+    then slots), once for each list of gradients in `grad_sets`: the weights and slots after each, exact for
+    our purpose. The updates are elementwise, so the sets run as one, stacked along a first axis."""
+    k, n = len(grad_sets), len(grad_sets[0])
     with tf.device(CPU):
-        params = [tf.Variable(value.astype(np.float64)) for value in before[: len(grads)]]
+        params = [tf.Variable(np.stack([value] * k).astype(np.float64)) for value in before[:n]]
         optimizer = make_optimizer(config.train, params)
-        for slot, value in zip(optimizer.variables, before[len(grads) :], strict=True):
-            slot.assign(value.astype(np.float64))
-        optimizer.apply_gradients(zip(map(tf.constant, grads), params, strict=True), tf.constant(lr, tf.float64))
-        return [v.numpy() for v in (*params, *optimizer.variables)]
+        for slot, value in zip(optimizer.variables, before[n:], strict=True):
+            slot.assign(np.broadcast_to(value, slot.shape).astype(np.float64))  # Adam's step count stays a scalar
+        grads = [tf.constant(np.stack([grads[i] for grads in grad_sets])) for i in range(n)]
+        optimizer.apply_gradients(zip(grads, params, strict=True), tf.constant(lr, tf.float64))
+        after = [v.numpy() for v in (*params, *optimizer.variables)]
+    return [[value[j] if value.ndim else value for value in after] for j in range(k)]
 
 
 def compare_evaluation(probes: list[Probe], chunk: Split) -> str:

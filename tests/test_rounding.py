@@ -98,8 +98,8 @@ def test_an_optimizers_float32_update_is_within_the_update_bound(optimizer):
     g, A_g = [*exact_grads.W, *exact_grads.W0], [*exact_grads.A_W, *exact_grads.A_W0]
     assert all(within(f.numpy(), e, a) <= 1 for f, e, a in zip(grads, g, A_g, strict=True))
     trainer.optimizer.apply_gradients(zip(grads, trainer.params, strict=True), tf.constant(lr))  # float32
-    after, low, high = (
-        exact_update(config, state, [x + d * a for x, a in zip(g, A_g, strict=True)], lr) for d in (0, -1, 1)
+    after, low, high = exact_update(
+        config, state, [[x + d * a for x, a in zip(g, A_g, strict=True)] for d in (0, -1, 1)], lr
     )
     found = [v.numpy() for v in (*trainer.params, *trainer.optimizer.variables)]
     rate_error = rounding.adam_rate_error(0.9, 0.999, float(state[-1]) + 1) if optimizer == "adam" else 0.0
