@@ -481,7 +481,20 @@ class RunDir:
         self, model: MLP, which: str = "last", optimizer: Optimizer | None = None
     ) -> CheckpointState:
         """Load the weights of the `last` or `best` checkpoint into `model` and, to resume training, the slots
-        into `optimizer` (which must be of the kind that wrote them); returns its position."""
+        into `optimizer` (which must be of the kind that wrote them); returns its position.
+
+        A reader (evaluate, predict, serve) takes no lock: when a training run replaces the checkpoint named
+        in state.json while it is being read, the one state.json names now is read instead.
+        """
+        for attempt in itertools.count(1):
+            named = self._pointers()
+            try:
+                return self._restore_checkpoint(model, which, optimizer)
+            except UserError:
+                if attempt == 3 or self._pointers() == named:  # damaged indeed, not moved on meanwhile
+                    raise
+
+    def _restore_checkpoint(self, model: MLP, which: str, optimizer: Optimizer | None) -> CheckpointState:
         folder = self.checkpoint_path(which)
         import tensorflow as tf
 
