@@ -416,8 +416,12 @@ class RunDir:
         atomic_write_with(self.test_predictions_file, lambda file: np.save(file, digits, allow_pickle=False))
 
     def write_weights(self, arrays: dict[str, np.ndarray]) -> None:
-        """Named arrays (results.Weights.to_arrays) into the weights file, uncompressed (about 0.4 MB)."""
-        atomic_write_with(self.weights_file, lambda file: np.savez(file, **arrays))
+        """Named arrays (results.Weights.to_arrays) into the weights file, uncompressed (about 0.4 MB).
+
+        Made in memory first: a zip archive left half-written on a full disk complains when it is collected."""
+        archive = io.BytesIO()
+        np.savez(archive, **arrays)
+        atomic_write_with(self.weights_file, lambda file: file.write(archive.getbuffer()))
 
     def read_weights(self) -> dict[str, np.ndarray]:
         """The weights file's arrays by name; UserError when it is missing or unreadable."""
