@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from mnist_mlp import __version__, import_tensorflow_quietly
-from mnist_mlp.errors import GpuMismatch, UserError
+from mnist_mlp.errors import GpuFailure, GpuMismatch, UserError
 from mnist_mlp.folder_lock import folder_locked, lock_folder
 from mnist_mlp.versions import runtime_versions
 from mnist_mlp.write_errors import WriteFailed, as_write_failure
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 EXIT_USER_ERROR = 2
 EXIT_TRAINING_FAILED = 1  # train: the loss diverged, or memory ran out
-EXIT_GPU_MISMATCH = 1  # the GPU failed its self-check: the machine's fault, not the input's
+EXIT_GPU_FAILED = 1  # the GPU failed its self-check, or raised an error: the machine's fault, not the input's
 EXIT_PROBLEMS_FOUND = 1  # doctor found something wrong
 EXIT_SOME_FILES_FAILED = 1  # predict: some images could not be classified (the others were)
 EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a different loss
@@ -116,7 +116,7 @@ def _train(
     if run.replaces is not None:  # stopped in its first epoch: the run it was to replace stays
         print(f"{run.replaces}: left as it was (the new run did not finish an epoch)", file=sys.stderr)
         run.abandon()
-    elif status == EXIT_TRAINING_FAILED:  # a run that recorded nothing (not even its divergence) goes
+    elif status in (EXIT_TRAINING_FAILED, EXIT_GPU_FAILED):  # a run that recorded nothing (not even a divergence)
         run.abandon()
     return status
 
@@ -129,16 +129,22 @@ def new_config(args: argparse.Namespace) -> Config:
     return config.replace(**{"data.dir": str(args.data_dir)}) if args.data_dir else config
 
 
+RESUMABLE_KEYS = ("train.epochs", "runtime.device")
+
+
 def resumed_config(run: RunDir, args: argparse.Namespace) -> Config:
-    """The run's own config; --set may change train.epochs alone (to continue a run), --data-dir the data."""
+    """The run's own config; --set may change train.epochs (to continue a run) and runtime.device (to go on on
+    another device, e.g. the CPU after the GPU failed); --data-dir the data."""
     from mnist_mlp.config import parse_override
 
     config = run.read_config()
     for item in args.set:
         key, value = parse_override(item)
-        if key != "train.epochs":
-            raise UserError(f"--set {item}: only train.epochs can change when resuming (to continue a run)")
-        if config.train.lr_schedule == "cosine" and value != config.train.epochs:
+        if key not in RESUMABLE_KEYS:
+            raise UserError(
+                f"--set {item}: only {' and '.join(RESUMABLE_KEYS)} can change when resuming (to continue a run)"
+            )
+        if key == "train.epochs" and config.train.lr_schedule == "cosine" and value != config.train.epochs:
             raise UserError(
                 f"--set {item}: the run uses train.lr_schedule=cosine, whose rate follows train.epochs; "
                 "continued, it would not equal a straight run of that length (train anew instead)"
@@ -170,6 +176,12 @@ def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace, plot_worker: 
         console.end_line()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_TRAINING_FAILED
+    except GpuFailure as exc:  # runtime.device=gpu (auto goes on on the CPU by itself)
+        console.end_line()
+        kept = run.has_checkpoint()
+        then = f"; the run is kept: mnist-mlp train --resume {run.path} --set runtime.device=cpu" if kept else ""
+        print(f"error: {exc} while training{then}", file=sys.stderr)
+        return EXIT_GPU_FAILED
     except (WriteFailed, OSError, tf.errors.OpError, MemoryError) as exc:
         console.end_line()
         if failure := as_write_failure(exc, run.path):  # a full disk is not memory (TensorFlow says both alike)
@@ -297,7 +309,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     from mnist_mlp.doctor import diagnose, format_report
 
-    report = diagnose(args.data_dir)
+    config = new_config(args) if args.config or args.set else None
+    report = diagnose(args.data_dir, config)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return EXIT_PROBLEMS_FOUND if report["problems"] else 0
 
@@ -379,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check versions, devices, data and the GPU; recommend a device")
     doctor.add_argument("--data-dir", type=Path, metavar="PATH", help="MNIST IDX folder to check (default: as train)")
+    doctor.add_argument("--config", help="check the GPU with this config's settings (default: batch 50 and 512)")
+    doctor.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     doctor.add_argument("--json", action="store_true", help="print the report as one JSON object")
     doctor.set_defaults(handler=cmd_doctor)
     return parser
@@ -396,9 +411,9 @@ def main(argv: list[str] | None = None) -> int:
 
             args.dir = resolve_run_dir(args.dir)
         return args.handler(args)
-    except GpuMismatch as exc:
+    except (GpuMismatch, GpuFailure) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_GPU_MISMATCH
+        return EXIT_GPU_FAILED
     except WriteFailed as exc:  # train says how to resume; here, what to do first
         print(f"error: {exc}{exc.then('run the same command again')}", file=sys.stderr)
         return EXIT_WRITE_FAILED

@@ -23,7 +23,9 @@ from importlib import resources
 from urllib.parse import urlsplit
 
 import numpy as np
+import tensorflow as tf
 
+from mnist_mlp.device import CPU
 from mnist_mlp.errors import UserError
 from mnist_mlp.images import BlankImage, digit_from_bytes
 from mnist_mlp.model import MLP, forward, softmax, to_rows
@@ -59,7 +61,7 @@ class Inspector:
     def look(self, image: np.ndarray) -> dict:
         """`predict --json`'s fields for uint8 [28, 28] `image`, plus the image, every hidden layer's
         activations and the incoming weights of the TOP_UNITS most active first-layer units."""
-        with self._lock:  # one forward pass at a time (a millisecond or two): nothing shared to reason about
+        with self._lock, tf.device(CPU):  # one forward pass at a time, on the CPU (load_model's device)
             H, logits = forward(self.model, to_rows(image[None], self.model.W[0].dtype))
             probabilities = softmax(logits)[0].numpy()  # ŷ = σ(logits), as predict_proba
             hidden = [h[0].numpy() for h in H[1:]]  # H^1 … H^{L-1} for this one image

@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as pytest's depende
     import tomli as tomllib
 
 LOCK = REPO / "requirements.lock"
+HASH = re.compile(r"^\s+--hash=sha256:(?P<digest>[0-9a-f]{64})\s*\\?$")
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;\\]+)\s*(?:;\s*(?P<marker>[^\\]+?))?\s*\\?$")
 MAC = {"sys_platform": "darwin", "platform_system": "Darwin", "platform_machine": "arm64"}
 LINUX_X86 = {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64"}
@@ -31,22 +32,26 @@ class Pin:
     name: str
     version: Version
     marker: Marker | None
-    hashes: int
+    hashes: tuple[str, ...]  # the sha256 of each file (wheel or sdist) the pin may install
 
     def applies(self, platform: dict[str, str], python: str) -> bool:
         env = platform | {"python_version": python, "python_full_version": f"{python}.0"}
         return self.marker is None or self.marker.evaluate(env)
 
+    def requirement(self) -> str:
+        """The pin as one requirements-file line, hashes included (`uv pip install --require-hashes` reads it)."""
+        return " ".join([f"{self.name}=={self.version}", *(f"--hash=sha256:{digest}" for digest in self.hashes)])
+
 
 def read_lock() -> list[Pin]:
-    """Each `name==version ; marker` entry with the number of `--hash` lines that follow it."""
+    """Each `name==version ; marker` entry with the `--hash` lines that follow it."""
     pins: list[Pin] = []
     for line in LOCK.read_text().splitlines():
         if match := PIN.match(line):
             marker = Marker(match["marker"]) if match["marker"] else None
-            pins.append(Pin(canonicalize_name(match["name"]), Version(match["version"]), marker, 0))
-        elif line.strip().startswith("--hash=sha256:"):
-            pins[-1] = Pin(pins[-1].name, pins[-1].version, pins[-1].marker, pins[-1].hashes + 1)
+            pins.append(Pin(canonicalize_name(match["name"]), Version(match["version"]), marker, ()))
+        elif match := HASH.match(line):
+            pins[-1] = Pin(pins[-1].name, pins[-1].version, pins[-1].marker, (*pins[-1].hashes, match["digest"]))
     return pins
 
 
@@ -91,7 +96,7 @@ def test_the_build_backend_make_install_uses_is_locked_too(pins):
 
 
 def test_every_pin_is_hashed(pins):
-    assert pins and all(pin.hashes >= 1 for pin in pins), [pin.name for pin in pins if not pin.hashes]
+    assert pins and all(pin.hashes for pin in pins), [pin.name for pin in pins if not pin.hashes]
 
 
 def test_metal_is_pinned_for_apple_silicon_only(pins):

@@ -310,7 +310,7 @@ def test_a_sweep_whose_trials_all_diverge_writes_no_best_config(tmp_path):
 def test_results_do_not_depend_on_the_number_of_workers(tmp_path, mnist_dir):
     """Each trial is deterministic on the CPU, so one process and two spawned workers agree exactly: without XLA.
     XLA's matmuls sum in an order that depends on the thread count, and two workers get one thread each, so
-    with XLA (auto on Linux) they agree to float rounding only (README, Speed)."""
+    with XLA (auto on Linux) they agree to float rounding only (docs/performance.md)."""
     spec = {
         "set": {
             "data.dir": str(mnist_dir),
