@@ -88,3 +88,12 @@ def _import_tensorflow() -> None:
             import tensorflow  # noqa: F401
         finally:
             os.path.exists = exists
+
+
+def sweep_worker_process(*args: object) -> None:
+    """Where a sweep's worker process starts (sweep.py): TensorFlow imported quietly first, as the sweep's own
+    module imports it at the top, then the worker."""
+    import_tensorflow_quietly()
+    from mnist_mlp.sweep import worker_main
+
+    worker_main(*args)

@@ -211,27 +211,39 @@ def resume_command(run: RunDir, args: argparse.Namespace, failure: WriteFailed) 
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import signal
-
+    if args.report:
+        return sweep_report(args)
     from mnist_mlp.run import Interrupted
+    from mnist_mlp.study import shown, sweep_place
     from mnist_mlp.sweep import run_sweep
     from mnist_mlp.sweep_file import load_sweep
 
+    if args.sweep_file is None:
+        raise UserError("sweep: give a sweep file (e.g. configs/sweep.yaml), or --report to report on a study")
     sweep = load_sweep(args.sweep_file, args.set)
-    out = args.out or Path("sweeps") / args.sweep_file.stem
-
-    def stop(signum: int, _frame: object) -> None:  # SIGTERM as Ctrl-C: worker processes are ended, not orphaned
-        raise Interrupted(signum, "terminated")
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    place = sweep_place(args.out or Path("sweeps") / args.sweep_file.stem, args.storage, args.study or sweep.path.stem)
     try:
-        with folder_locked(out, SWEEP_COMMAND):  # one sweep per folder; a second is refused in one line
-            run_sweep(sweep, out, workers=args.workers)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        print(f"interrupted; finished trials are kept in {out}: run the same command to resume", file=sys.stderr)
-        return 128 + getattr(exc, "signum", signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        with folder_locked(place.out, SWEEP_COMMAND):  # one sweep command per folder; a second is refused in one line
+            run_sweep(sweep, place, workers=args.workers)
+    except Interrupted as exc:
+        print(f"interrupted; finished trials are kept in study {place.study} ({shown(place.url)}): "
+              "run the same command to resume", file=sys.stderr)  # fmt: skip
+        return 128 + exc.signum
+    return 0
+
+
+def sweep_report(args: argparse.Namespace) -> int:
+    """`sweep --report`: the report of a study (the sweep file's, --study's, or the only one there) into --out."""
+    from mnist_mlp.study import load_study, open_storage, sweep_place
+    from mnist_mlp.sweep_report import report
+
+    if args.set or args.workers != 1:
+        raise UserError("--report writes the report of the trials in the study; drop --set and --workers")
+    name = args.study or (args.sweep_file.stem if args.sweep_file else None)
+    out = args.out or Path("sweeps") / (name or "report")
+    place = sweep_place(out, args.storage, name, must_exist=True)
+    study = load_study(open_storage(place.url), name)
+    report(study, args.out or Path("sweeps") / study.study_name, sys.stdout)
     return 0
 
 
@@ -336,10 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     sweep = commands.add_parser("sweep", help="search hyperparameters, choosing on a validation split")
-    sweep.add_argument("sweep_file", type=Path, metavar="SWEEP.yaml", help="sweep file, e.g. configs/sweep.yaml")
+    sweep.add_argument(
+        "sweep_file", type=Path, nargs="?", metavar="SWEEP.yaml", help="sweep file, e.g. configs/sweep.yaml"
+    )
     sweep.add_argument("--out", type=Path, help="sweep folder, resumed if it exists (default: sweeps/<file name>)")
     sweep.add_argument("--workers", type=int, default=1, metavar="N", help="trials in parallel processes (default 1)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every trial's base")
+    sweep.add_argument(
+        "--storage", metavar="URL", help="study database, e.g. postgresql://user@host/db (default: OUT/study.db)"
+    )
+    sweep.add_argument("--study", metavar="NAME", help="study name in the database (default: the file's name)")
+    sweep.add_argument("--report", action="store_true", help="only write the report of the study's trials into OUT")
     sweep.set_defaults(handler=cmd_sweep)
 
     plot = commands.add_parser("plot", help="redraw a run's plots from its history.csv, without training")
@@ -404,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # train reads its data before TensorFlow's seconds of start-up, so bad data is reported at once;
         # plot needs no TensorFlow at all.
-        if args.command not in ("train", "plot"):
+        if args.command not in ("train", "plot") and not getattr(args, "report", False):  # nor sweep --report
             import_tensorflow_quietly()
         if getattr(args, "dir", None) is not None:  # plot, evaluate, predict, serve: `latest` is runs/latest
             from mnist_mlp.latest import resolve_run_dir

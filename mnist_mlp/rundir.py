@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from mnist_mlp import __version__
-from mnist_mlp.config import VERSION_KEY, Config, config_yaml, from_dict
+from mnist_mlp.config import VERSION_KEY, Config, config_yaml, from_dict, load_yaml
 from mnist_mlp.errors import ConfigError, UserError
 from mnist_mlp.folder_lock import FolderInUse, FolderLock, lock_folder
 from mnist_mlp.history import EPOCH
@@ -341,7 +341,7 @@ class RunDir:
         import yaml
 
         try:
-            tree = yaml.safe_load(self.config_file.read_text())
+            tree = load_yaml(self.config_file.read_text())
         except yaml.YAMLError:
             raise UserError(f"{self.config_file}: not valid YAML") from None
         try:
@@ -365,7 +365,7 @@ class RunDir:
             import yaml
 
             with contextlib.suppress(OSError, yaml.YAMLError):
-                config_tree = yaml.safe_load(self.config_file.read_text())
+                config_tree = load_yaml(self.config_file.read_text())
         if isinstance(config_tree, dict) and config_tree.get(VERSION_KEY):
             return str(config_tree[VERSION_KEY])
         return "0.1.0 or earlier"
