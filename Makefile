@@ -37,7 +37,7 @@ PYENV_BINS := $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.1[0-2].*/
 SEARCH_PATH := $(subst $() $(),:,$(strip $(PATH) $(PYENV_BINS)))
 NO_PYTHON := error: no Python 3.10-3.12 found and uv could not download one (offline?): install one (e.g. brew install python@3.12) or run make PYTHON=/path/to/python3.12
 
-.PHONY: install train test lint format bench sweep lock clean
+.PHONY: install train test lint format bench sweep serve lock clean
 
 install: $(STAMP)
 
@@ -108,6 +108,10 @@ bench: $(DEV_STAMP)  # the dev lock holds JAX, the bench's fastest peer
 
 sweep: $(STAMP)
 	$(BIN)/mnist-mlp sweep configs/sweep.yaml $(ARGS)
+
+# The newest finished run in runs/ (runs/latest), or DIR=runs/NAME; the URL is on the first line.
+serve: $(STAMP)
+	$(BIN)/mnist-mlp serve $(or $(DIR),latest) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

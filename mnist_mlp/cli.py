@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, NoReturn
 
 from mnist_mlp import __version__, import_tensorflow_quietly
 from mnist_mlp.errors import GpuFailure, GpuMismatch, UserError
+from mnist_mlp.folder_lock import folder_locked, lock_folder
 from mnist_mlp.versions import runtime_versions
+from mnist_mlp.write_errors import WriteFailed, as_write_failure
 
 if TYPE_CHECKING:
     from mnist_mlp.config import Config
@@ -32,13 +34,31 @@ EXIT_GPU_FAILED = 1  # the GPU failed its self-check, or raised an error: the ma
 EXIT_PROBLEMS_FOUND = 1  # doctor found something wrong
 EXIT_SOME_FILES_FAILED = 1  # predict: some images could not be classified (the others were)
 EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a different loss
+EXIT_WRITE_FAILED = 1  # a full disk, a read-only or failing one, a folder removed while written: not the input's fault
+LATEST_HELP = "latest: the newest finished run in runs/"
+TRAIN_COMMAND, SWEEP_COMMAND = "mnist-mlp train", "mnist-mlp sweep"  # how a folder's lock names its holder
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Check everything, then make the run folder, then train: a failed check leaves nothing behind."""
+    """Check everything, then make the run folder, then train: a failed check leaves nothing behind.
+
+    The run's folder is locked for as long as this process writes it (folder_lock.py); runs/latest follows.
+    """
+    from mnist_mlp.latest import update_latest
+    from mnist_mlp.rundir import RUNS
+
+    with contextlib.ExitStack() as held:
+        try:
+            return _checked_train(args, held)
+        finally:
+            held.close()  # the locks go first: runs/latest passes over folders being written
+            update_latest(of=args.resume or args.out or RUNS / "new")
+
+
+def _checked_train(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from mnist_mlp.data import load_mnist
     from mnist_mlp.plot_worker import PlotWorker
-    from mnist_mlp.rundir import RunDir, check_out_path
+    from mnist_mlp.rundir import RUNS, RunDir, check_out_path
 
     # 1. Every check that can fail, before anything is made or touched.
     run = None
@@ -46,20 +66,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.out or args.overwrite:
             raise UserError("--resume continues a run with its own config.yaml; drop --config, --out and --overwrite")
         run = RunDir.open(args.resume)
+        run.lock(TRAIN_COMMAND)  # one writer per folder: a second one is refused here, before it reads anything
+        held.callback(run.unlock)
         config = resumed_config(run, args)
     else:
         config = new_config(args)
-        check_out_path(args.out or Path("runs"), overwrite=args.overwrite)
+        check_out_path(args.out or RUNS, overwrite=args.overwrite)
+        if args.overwrite and args.out and args.out.is_dir():
+            lock_folder(args.out, TRAIN_COMMAND).release()  # a run in use there: refused now, not after loading
     mnist = load_mnist(config.data)  # bad data fails before TensorFlow starts
     plot_worker = PlotWorker()  # imports matplotlib while TensorFlow starts; draws while the model is exported
     try:
-        return _train(args, config, mnist, run, plot_worker)
+        return _train(args, config, mnist, run, plot_worker, held)
     finally:
-        plot_worker.close()
+        plot_worker.close()  # before the lock is let go: its processes write into the run
 
 
-def _train(args: argparse.Namespace, config: Config, mnist: Mnist, run: RunDir | None, plot_worker: PlotWorker) -> int:
+def _train(
+    args: argparse.Namespace,
+    config: Config,
+    mnist: Mnist,
+    run: RunDir | None,
+    plot_worker: PlotWorker,
+    held: contextlib.ExitStack,
+) -> int:
     """cmd_train once the config and data are known: TensorFlow, the last checks, the run folder, the epochs."""
+    from mnist_mlp.latest import update_latest
     from mnist_mlp.rundir import RunDir
 
     import_tensorflow_quietly()
@@ -69,7 +101,10 @@ def _train(args: argparse.Namespace, config: Config, mnist: Mnist, run: RunDir |
     # 2. The run folder (a new run), then 3. training.
     if not args.resume:
         name = Path(args.config).stem if args.config else "default"
-        run = RunDir.create(args.out, name, overwrite=args.overwrite, config=plan.config)
+        run = RunDir.create(args.out, name, overwrite=args.overwrite, config=plan.config, lock_as=TRAIN_COMMAND)
+        held.callback(run.unlock)
+    if args.resume or run.replaces is not None:
+        update_latest(of=run.target)  # runs/latest no longer names the run that is about to change
     try:
         status = train_in(run, plan, args, plot_worker)
     except BaseException:
@@ -128,12 +163,13 @@ def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace, plot_worker: 
     from mnist_mlp.plot_worker import PlotWriter
     from mnist_mlp.progress import Console
     from mnist_mlp.run import Interrupted, train
-    from mnist_mlp.tensorboard import TensorBoardWriter
+    from mnist_mlp.tensorboard import TensorBoardWriter, digits_present
     from mnist_mlp.training import Diverged
 
     console = Console(plan.config.train.epochs, quiet=args.quiet, batch_size=plan.config.train.batch_size)
     # Plots and TensorBoard first: the console's closing lines name their files.
-    listeners = [PlotWriter(plot_worker), TensorBoardWriter(run), SavedModelWriter(), console]
+    tensorboard = TensorBoardWriter(run, digits_present(plan.mnist))
+    listeners = [PlotWriter(plot_worker), tensorboard, SavedModelWriter(), console]
     try:
         train(plan, run, listeners, resume=bool(args.resume))
     except Diverged as exc:
@@ -146,8 +182,13 @@ def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace, plot_worker: 
         then = f"; the run is kept: mnist-mlp train --resume {run.path} --set runtime.device=cpu" if kept else ""
         print(f"error: {exc} while training{then}", file=sys.stderr)
         return EXIT_GPU_FAILED
-    except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+    except (WriteFailed, OSError, tf.errors.OpError, MemoryError) as exc:
         console.end_line()
+        if failure := as_write_failure(exc, run.path):  # a full disk is not memory (TensorFlow says both alike)
+            print(f"error: {failure}{failure.then(resume_command(run, args, failure))}", file=sys.stderr)
+            return EXIT_WRITE_FAILED
+        if not isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError)):
+            raise
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
         print(f"error: out of memory while training ({reason}); choose smaller model.hidden or train.batch_size",
               file=sys.stderr)  # fmt: skip
@@ -158,6 +199,15 @@ def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace, plot_worker: 
             print(str(exc), file=sys.stderr)
         return 128 + exc.signum
     return 0
+
+
+def resume_command(run: RunDir, args: argparse.Namespace, failure: WriteFailed) -> str:
+    """How to go on after a failed write: resume the run when it holds something to resume from, else start again."""
+    if failure.run_is_gone:
+        return "train again"
+    if args.resume or (run.replaces is None and run.holds_results()):
+        return f"mnist-mlp train --resume {run.target}"
+    return "run the same command again (nothing of this run was kept)"
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -173,7 +223,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep_file, args.set)
     place = sweep_place(args.out or Path("sweeps") / args.sweep_file.stem, args.storage, args.study or sweep.path.stem)
     try:
-        run_sweep(sweep, place, workers=args.workers)
+        with folder_locked(place.out, SWEEP_COMMAND):  # one sweep command per folder; a second is refused in one line
+            run_sweep(sweep, place, workers=args.workers)
     except Interrupted as exc:
         print(f"interrupted; finished trials are kept in study {place.study} ({shown(place.url)}): "
               "run the same command to resume", file=sys.stderr)  # fmt: skip
@@ -246,6 +297,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     with make_server(RunDir.open(args.dir), args.host, args.port) as server:
         print(f"serving {args.dir} ({server.run_info['weights']}) at {server.url}  (Ctrl-C stops)", flush=True)
+        if not server.loopback_only:
+            print(f"warning: listening on {args.host}: the page and its API are reachable from the network, "
+                  "with no authentication", file=sys.stderr, flush=True)  # fmt: skip
         server.serve_forever()  # Ctrl-C: KeyboardInterrupt, reported by main as one line, exit 130
     return 0
 
@@ -308,12 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=cmd_sweep)
 
     plot = commands.add_parser("plot", help="redraw a run's plots from its history.csv, without training")
-    plot.add_argument("dir", type=Path, metavar="DIR", help="run folder")
+    plot.add_argument("dir", type=Path, metavar="DIR", help=f"run folder, or {LATEST_HELP}")
     plot.add_argument("--data-dir", type=Path, metavar="PATH", help="MNIST IDX folder (default: as in training)")
     plot.set_defaults(handler=cmd_plot)
 
     evaluate = commands.add_parser("evaluate", help="score a saved run's model on the test set again")
-    evaluate.add_argument("dir", type=Path, metavar="DIR", help="run folder")
+    evaluate.add_argument("dir", type=Path, metavar="DIR", help=f"run folder, or {LATEST_HELP}")
     evaluate.add_argument("--data-dir", type=Path, metavar="PATH", help="MNIST IDX folder (default: as in training)")
     evaluate.add_argument(
         "--checkpoint",
@@ -324,7 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="classify PNG/JPEG digit images with a saved run")
-    predict.add_argument("dir", type=Path, metavar="DIR", help="run folder (its saved_model, else last checkpoint)")
+    predict.add_argument(
+        "dir", type=Path, metavar="DIR", help=f"run folder (its saved_model, else last checkpoint), or {LATEST_HELP}"
+    )
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files: any size, colour or polarity")
     predict.add_argument(
         "--json", action="store_true", help="JSON lines: file, digit, probability, probabilities, error"
@@ -332,7 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(handler=cmd_predict)
 
     serve = commands.add_parser("serve", help="a local web page: draw a digit, see what the network sees and does")
-    serve.add_argument("dir", type=Path, metavar="DIR", help="run folder (its saved_model, else last checkpoint)")
+    serve.add_argument(
+        "dir",
+        type=Path,
+        nargs="?",
+        default=Path("latest"),
+        metavar="DIR",
+        help=f"run folder (its saved_model, else last checkpoint), or {LATEST_HELP} (the default)",
+    )
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port)")
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: only this machine)"
@@ -362,10 +425,17 @@ def main(argv: list[str] | None = None) -> int:
         # plot needs no TensorFlow at all.
         if args.command not in ("train", "plot") and not getattr(args, "report", False):  # nor sweep --report
             import_tensorflow_quietly()
+        if getattr(args, "dir", None) is not None:  # plot, evaluate, predict, serve: `latest` is runs/latest
+            from mnist_mlp.latest import resolve_run_dir
+
+            args.dir = resolve_run_dir(args.dir)
         return args.handler(args)
     except (GpuMismatch, GpuFailure) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_GPU_FAILED
+    except WriteFailed as exc:  # train says how to resume; here, what to do first
+        print(f"error: {exc}{exc.then('run the same command again')}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -20,6 +20,8 @@ import yaml
 
 from mnist_mlp.errors import ConfigError
 
+VERSION_KEY = "mnist_mlp_version"  # in a run's config.yaml and metrics.json: the mnist-mlp that wrote them
+
 
 def _rule(check: Callable[[Any], bool], says: str) -> dict:
     """Field metadata: a range check and what it requires, for the error message."""
@@ -131,7 +133,13 @@ class Config:
 
 
 def from_dict(tree: Any, where: str) -> Config:
-    """Build and validate a Config from a parsed YAML mapping; `where` names its source in errors."""
+    """Build and validate a Config from a parsed YAML mapping; `where` names its source in errors.
+
+    A top-level VERSION_KEY (a run's config.yaml records the version that wrote it) is accepted and set aside:
+    it describes the file, not the run, so a run's config.yaml can be passed back as --config.
+    """
+    if isinstance(tree, dict) and VERSION_KEY in tree:
+        tree = {key: value for key, value in tree.items() if key != VERSION_KEY}
     return _build(Config, tree, where, prefix="")
 
 

@@ -21,6 +21,7 @@ from mnist_mlp.errors import UserError
 from mnist_mlp.model import N_PIXELS, forward, softmax, to_rows
 from mnist_mlp.results import Listener, RunResult
 from mnist_mlp.rundir import replace_dir
+from mnist_mlp.write_errors import writing
 
 if TYPE_CHECKING:
     from mnist_mlp.model import MLP
@@ -59,17 +60,18 @@ class ServingModel(tf.Module):
 def export_saved_model(model: MLP, target: Path) -> Path:
     """Write `model` as a SavedModel at `target`, replacing any there; a crash leaves the old or the new one."""
     target = Path(target)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the served model from other users
-    try:
-        with tf.device("/CPU:0"):  # the copies and the traced functions: never on an unchecked GPU
-            serving = ServingModel(model)
-            signatures = {"serving_default": serving.classify_images, "serving_float": serving.classify_pixels}
-            tf.saved_model.save(serving, str(staging), signatures=signatures)
-        replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with writing(target):  # a full disk says so (TensorFlow raises ResourceExhaustedError for it)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the served model from other users
+            with tf.device("/CPU:0"):  # the copies and the traced functions: never on an unchecked GPU
+                serving = ServingModel(model)
+                signatures = {"serving_default": serving.classify_images, "serving_float": serving.classify_pixels}
+                tf.saved_model.save(serving, str(staging), signatures=signatures)
+            replace_dir(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return target
 
 

@@ -43,6 +43,7 @@ from mnist_mlp.history import (
 )
 from mnist_mlp.results import Weights, confusion_matrix
 from mnist_mlp.rundir import RunDir, atomic_write_with
+from mnist_mlp.write_errors import writing
 
 PREDICTION_PLOTS = ("confusion_matrix.png", "misclassified.png")
 WEIGHT_PLOTS = ("weights.png", "sparsity.png")  # need the weights file
@@ -159,7 +160,8 @@ def write_plots(
         hidden = config.model.hidden if config is not None else None
         drawings["activations.png"] = lambda: activations_figure(history, name, hidden)
     drawings["summary.png"] = lambda: summary_figure(history, config, name, weights, metrics)
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     written = []
     for filename, draw in drawings.items():
         if mine is None or mine(filename):

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from mnist_mlp.config import Config, TrainConfig
+from mnist_mlp import __version__
+from mnist_mlp.config import VERSION_KEY, Config, TrainConfig
 from mnist_mlp.data import Mnist, load_mnist
 from mnist_mlp.device import Device, available_memory
 from mnist_mlp.errors import ConfigError, GpuFailure, UserError
@@ -259,7 +260,7 @@ def _train(plan: RunPlan, run: RunDir, listeners: list[Listener] = (), resume: b
         for listener in listeners:
             listener.on_call(state.epoch, state.step, steps_per_epoch, state.loss_sum / state.step, state.seconds)
 
-    extra = {"device": device.describe(), "tensorflow": tf.__version__, "data": mnist.source}
+    extra = {"device": device.describe(), "tensorflow": tf.__version__, "data": mnist.source, VERSION_KEY: __version__}
     if mnist.origin is not None:
         extra["data_digest"] = mnist.origin.digest
     final = None  # the last finished epoch's evaluations
@@ -299,6 +300,7 @@ def _train(plan: RunPlan, run: RunDir, listeners: list[Listener] = (), resume: b
         model_epoch = best_epoch(history)
         run.restore_checkpoint(trainer.model, "best")
         final = None
+    run.write_weights(Weights.of(trainer.model).to_arrays())  # the exported model's, for `plot` (and after a resume)
     final = final or _evaluate(trainer, splits)  # also after a kill that came between the last epoch and here
     metrics = summary_metrics(history, final, status, model_epoch, extra)
     result = RunResult(run, config, metrics, history, final, mnist, trainer.model)

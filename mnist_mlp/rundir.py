@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import itertools
 import json
@@ -27,9 +28,12 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from mnist_mlp.config import Config, config_yaml, from_dict, load_yaml
-from mnist_mlp.errors import UserError
+from mnist_mlp import __version__
+from mnist_mlp.config import VERSION_KEY, Config, config_yaml, from_dict, load_yaml
+from mnist_mlp.errors import ConfigError, UserError
+from mnist_mlp.folder_lock import FolderInUse, FolderLock, lock_folder
 from mnist_mlp.history import EPOCH
+from mnist_mlp.write_errors import WriteFailed, writing
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from mnist_mlp.model import MLP
     from mnist_mlp.optimizers import Optimizer
 
+RUNS = Path("runs")  # where runs go by default, and where `latest` names the newest finished one (latest.py)
 # The layout of a run folder; other modules use RunDir's paths, never these names.
 CONFIG_FILE = "config.yaml"  # the complete config the run trained with
 HISTORY_FILE = "history.csv"  # one row per finished epoch (columns: history.py)
@@ -60,26 +65,32 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], exclusive
     exclusive: create `path` only if it does not exist (a hard link, which fails when the name is taken);
     FileExistsError otherwise. The first of several processes wins, and its file is complete at once.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a run's files are ordinary files
-        if exclusive:
-            os.link(tmp, path)
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):  # a full disk, a read-only one, the folder removed: WriteFailed naming `path`
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                write(file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a run's files are ordinary files
+            if exclusive:
+                os.link(tmp, path)
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write(path: Path, text: str, exclusive: bool = False) -> None:
     """atomic_write_with for text (UTF-8)."""
     atomic_write_with(path, lambda file: file.write(text.encode()), exclusive)
+
+
+def recorded_config_yaml(config: Config) -> str:
+    """A run's config.yaml: the version of mnist-mlp that wrote it, then the complete config (config_yaml)."""
+    return f"{VERSION_KEY}: '{__version__}'\n" + config_yaml(config)
 
 
 def check_out_path(path: Path, overwrite: bool = False) -> None:
@@ -162,6 +173,7 @@ class RunDir:
         self.path = Path(path)
         self.replaces = replaces  # the existing run this one replaces when its first epoch is done
         self.made = made  # this process made the folder (so it may remove it again)
+        self.locks: list[FolderLock] = []  # held while this process writes the run (folder_lock.py)
 
     # Properties, not attributes: a run built beside the one it replaces moves once (`commit`).
     config_file = property(lambda self: self.path / CONFIG_FILE)
@@ -185,22 +197,41 @@ class RunDir:
         return self.replaces or self.path
 
     @classmethod
-    def create(cls, path: Path | None, name: str, overwrite: bool = False, config: Config | None = None) -> RunDir:
+    def create(
+        cls,
+        path: Path | None,
+        name: str,
+        overwrite: bool = False,
+        config: Config | None = None,
+        lock_as: str | None = None,
+    ) -> RunDir:
         """A new run folder that belongs to this run alone: `path`, or runs/<time>-<name>[-2, -3, ...].
 
         An existing run at `path` is refused, or with `overwrite` left in place while the new run is built
         beside it (see `commit`). `config` is written as config.yaml, exclusively: of several processes
-        claiming one existing empty folder, one wins and the others are refused.
+        claiming one existing empty folder, one wins and the others are refused. `lock_as` (the command, e.g.
+        "mnist-mlp train"): hold the folder's lock, and the replaced run's, until unlock(); FolderInUse if another
+        process holds one.
         """
         if path is None:
-            run = cls._made_fresh(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
+            run = cls._made_fresh(RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}")
         else:
-            run = cls._at(Path(path), overwrite)
-        if config is not None:
-            try:
-                atomic_write(run.config_file, config_yaml(config), exclusive=True)
-            except FileExistsError:
-                raise UserError(f"{run.path}: another run has just started here; choose another --out") from None
+            run = cls._at(Path(path), overwrite, lock_as)
+        try:
+            if lock_as is not None:
+                run.lock(lock_as)
+            if config is not None:
+                try:
+                    atomic_write(run.config_file, recorded_config_yaml(config), exclusive=True)
+                except FileExistsError:
+                    raise UserError(f"{run.path}: another run has just started here; choose another --out") from None
+        except BaseException as exc:
+            run.unlock()
+            # A folder this process made (or a replacement it began) goes again; one claimed, or that another
+            # process got hold of meanwhile, stays.
+            if run.made and not isinstance(exc, FolderInUse):
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
         return run
 
     @classmethod
@@ -218,7 +249,7 @@ class RunDir:
         raise AssertionError("unreachable")
 
     @classmethod
-    def _at(cls, path: Path, overwrite: bool) -> RunDir:
+    def _at(cls, path: Path, overwrite: bool, lock_as: str | None = None) -> RunDir:
         if path.exists() and not path.is_dir():
             raise UserError(f"{path}: exists and is not a folder")
         existing = [f.name for f in cls(path).run_files if f.exists()]
@@ -229,10 +260,18 @@ class RunDir:
             )
         try:
             if existing:  # --overwrite: the old run stays as it is until the new one has finished an epoch
-                remove_abandoned_staging(path)
-                staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{STAGING}{os.getpid()}-"))
-                os.chmod(staging, 0o777 & ~_umask())
-                return cls(staging, replaces=path, made=True)
+                replaced = lock_folder(path, lock_as) if lock_as else None  # nobody resumes it meanwhile
+                try:
+                    remove_abandoned_staging(path)
+                    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{STAGING}{os.getpid()}-"))
+                    os.chmod(staging, 0o777 & ~_umask())
+                except BaseException:
+                    if replaced:
+                        replaced.release()
+                    raise
+                run = cls(staging, replaces=path, made=True)
+                run.locks += [replaced] if replaced else []
+                return run
             path.parent.mkdir(parents=True, exist_ok=True)
             os.mkdir(path)
             return cls(path, made=True)
@@ -257,6 +296,17 @@ class RunDir:
         if self.replaces is not None:
             replace_dir(self.path, self.replaces)
             self.path, self.replaces = self.replaces, None
+            for lock in self.locks:  # its lock file moved with it
+                lock.moved_to(self.path)
+
+    def lock(self, command: str) -> None:
+        """Hold this folder's lock for `command` until unlock(): one writer at a time (folder_lock.py)."""
+        self.locks.append(lock_folder(self.path, command))
+
+    def unlock(self) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+        self.locks.clear()
 
     def abandon(self) -> None:
         """Undo the creation of a run that failed before recording anything: remove a replacement still
@@ -265,12 +315,16 @@ class RunDir:
         if self.replaces is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             return
-        if any(p.exists() for p in (self.history_file, self.metrics_file, self.checkpoints / "state.json")):
+        if self.holds_results():
             return
         if self.made:
             shutil.rmtree(self.path, ignore_errors=True)
         else:
             self.config_file.unlink(missing_ok=True)
+
+    def holds_results(self) -> bool:
+        """Whether the run recorded anything worth keeping (an epoch's history, a checkpoint, metrics)."""
+        return any(p.exists() for p in (self.history_file, self.metrics_file, self.checkpoints / "state.json"))
 
     @classmethod
     def open(cls, path: Path) -> RunDir:
@@ -283,16 +337,41 @@ class RunDir:
         return run
 
     def read_config(self) -> Config:
+        """config.yaml as a Config; a config this version cannot read says which version wrote it."""
         import yaml
 
         try:
             tree = load_yaml(self.config_file.read_text())
         except yaml.YAMLError:
             raise UserError(f"{self.config_file}: not valid YAML") from None
-        return from_dict(tree, where=str(self.config_file))
+        try:
+            return from_dict(tree, where=str(self.config_file))
+        except ConfigError as exc:
+            written_by = self.written_by(tree)
+            if written_by == __version__:
+                raise
+            raise ConfigError(
+                f"{exc} (written by mnist-mlp {written_by}, this is {__version__}: use that version for this run, "
+                "or train anew)"
+            ) from None
+
+    def written_by(self, config_tree: object = None) -> str:
+        """The mnist-mlp version that wrote the run: metrics.json's, else config.yaml's; folders from before
+        versions were recorded (0.1.0) hold neither."""
+        with contextlib.suppress(UserError):
+            if version := self.read_metrics().get(VERSION_KEY):
+                return str(version)
+        if config_tree is None:
+            import yaml
+
+            with contextlib.suppress(OSError, yaml.YAMLError):
+                config_tree = load_yaml(self.config_file.read_text())
+        if isinstance(config_tree, dict) and config_tree.get(VERSION_KEY):
+            return str(config_tree[VERSION_KEY])
+        return "0.1.0 or earlier"
 
     def write_config(self, config: Config) -> None:
-        atomic_write(self.config_file, config_yaml(config))
+        atomic_write(self.config_file, recorded_config_yaml(config))
 
     def write_history(self, rows: list[dict]) -> None:
         """Every column any row has; a row without one (an epoch written by an older version, then resumed) gets
@@ -337,8 +416,12 @@ class RunDir:
         atomic_write_with(self.test_predictions_file, lambda file: np.save(file, digits, allow_pickle=False))
 
     def write_weights(self, arrays: dict[str, np.ndarray]) -> None:
-        """Named arrays (results.Weights.to_arrays) into the weights file, uncompressed (about 0.4 MB)."""
-        atomic_write_with(self.weights_file, lambda file: np.savez(file, **arrays))
+        """Named arrays (results.Weights.to_arrays) into the weights file, uncompressed (about 0.4 MB).
+
+        Made in memory first: a zip archive left half-written on a full disk complains when it is collected."""
+        archive = io.BytesIO()
+        np.savez(archive, **arrays)
+        atomic_write_with(self.weights_file, lambda file: file.write(archive.getbuffer()))
 
     def read_weights(self) -> dict[str, np.ndarray]:
         """The weights file's arrays by name; UserError when it is missing or unreadable."""
@@ -357,11 +440,18 @@ class RunDir:
     ) -> None:
         """Write the weights, the optimizer's slots and the position as checkpoints/<name>, then point
         state.json at it."""
-        self.checkpoints.mkdir(exist_ok=True)
         name = f"epoch-{state.epoch:04d}" + (f"-step-{state.step:06d}" if state.step else "")
-        tmp = Path(tempfile.mkdtemp(dir=self.checkpoints, prefix=".tmp-"))
-        _checkpoint(model, state, optimizer)[0].write(str(tmp / "ckpt"))
-        replace_dir(tmp, self.checkpoints / name)
+        with writing(self.checkpoints / name):
+            self.checkpoints.mkdir(exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=self.checkpoints, prefix=".tmp-"))
+            try:
+                _checkpoint(model, state, optimizer)[0].write(str(tmp / "ckpt"))
+                if not self.config_file.is_file():  # the run's folder was removed (TensorFlow made tmp's again)
+                    raise WriteFailed(self.checkpoints / name, errno.ENOENT, gone=self.path)
+                replace_dir(tmp, self.checkpoints / name)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # on a full disk, the space it took is given back
+                raise
         pointers = self._pointers()
         pointers["last"] = name
         if best:
@@ -395,7 +485,20 @@ class RunDir:
         self, model: MLP, which: str = "last", optimizer: Optimizer | None = None
     ) -> CheckpointState:
         """Load the weights of the `last` or `best` checkpoint into `model` and, to resume training, the slots
-        into `optimizer` (which must be of the kind that wrote them); returns its position."""
+        into `optimizer` (which must be of the kind that wrote them); returns its position.
+
+        A reader (evaluate, predict, serve) takes no lock: when a training run replaces the checkpoint named
+        in state.json while it is being read, the one state.json names now is read instead.
+        """
+        for attempt in itertools.count(1):
+            named = self._pointers()
+            try:
+                return self._restore_checkpoint(model, which, optimizer)
+            except UserError:
+                if attempt == 3 or self._pointers() == named:  # damaged indeed, not moved on meanwhile
+                    raise
+
+    def _restore_checkpoint(self, model: MLP, which: str, optimizer: Optimizer | None) -> CheckpointState:
         folder = self.checkpoint_path(which)
         import tensorflow as tf
 

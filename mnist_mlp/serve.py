@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import ipaddress
 import json
 import socket
 import sys
@@ -151,6 +152,11 @@ class Server(ThreadingHTTPServer):
         """A client that hung up or stalled is its own business; anything else is a bug worth a traceback."""
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             super().handle_error(request, client_address)
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether only this machine can connect (127.0.0.1, ::1, localhost), not the network."""
+        return ipaddress.ip_address(self.server_address[0].split("%")[0]).is_loopback
 
     @property
     def url(self) -> str:

@@ -182,7 +182,9 @@ def test_default_run_names_that_are_taken_get_a_suffix(in_tmp, capsys, monkeypat
     assert sorted(p.name for p in (in_tmp / "runs").iterdir()) == [
         "20260101-000000-default",
         "20260101-000000-default-2",
+        "latest",  # the newest finished run
     ]
+    assert (in_tmp / "runs" / "latest").readlink() == Path("20260101-000000-default-2")
 
 
 def test_plot_evaluate_and_resume_use_the_recorded_data_and_refuse_other_data(in_tmp, capsys, monkeypatch, mnist_dir):

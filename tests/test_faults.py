@@ -190,8 +190,9 @@ def test_four_runs_started_at_once_with_default_names_each_get_their_own_folder(
                       cwd=tmp_path, env=env) for seed in range(4)]  # fmt: skip
     for child in children:
         assert child.wait(timeout=600) == 0, child.stderr.read()
-    folders = sorted((tmp_path / "runs").iterdir())
+    folders = sorted(p for p in (tmp_path / "runs").iterdir() if p.name != "latest")
     assert len(folders) == 4
+    assert (tmp_path / "runs" / "latest").resolve() in {f.resolve() for f in folders}  # one of them, finished
     runs = {RunDir.open(folder).read_config().seed: RunDir.open(folder) for folder in folders}
     assert sorted(runs) == [0, 1, 2, 3]  # every folder holds its own run's config
     config = runs[0].read_config()

@@ -361,6 +361,9 @@ def test_with_early_stopping_the_best_epoch_is_exported_and_reported(tmp_path, c
     assert metrics["validation_loss"] < history[-1]["validation_loss"]
     best_weights = weights_of(run, config, "best")
     assert all(np.array_equal(a.numpy(), b) for a, b in zip(result.model.variables_in_order, best_weights, strict=True))
+    weights_file = run.read_weights()  # what `plot DIR` draws: the exported (best) epoch's weights, not the last's
+    assert all(np.array_equal(weights_file[v.name.split(":")[0]], b)
+               for v, b in zip(result.model.variables_in_order, best_weights, strict=True))  # fmt: skip
     serve = load_saved_model(run.saved_model).signatures["serving_default"]
     served = serve(images=mnist.test.images)["digit"].numpy()
     assert np.array_equal(served, np.load(run.test_predictions_file))

@@ -40,6 +40,26 @@ def test_epoch_scalars_group_a_history_row_by_split():
     assert scalars["train"]["learning_rate"] == 0.05 and "learning_rate" not in scalars["test"]
 
 
+def test_the_mean_per_digit_error_counts_only_the_digits_a_sliced_set_holds(tmp_path, tiny_config):
+    """As metrics.json's mean_per_digit_test_error: a digit with no test image has no error to average."""
+    from mnist_mlp.data import Split
+    from mnist_mlp.tensorboard import digits_present
+
+    mnist = synthetic_mnist(n_test=60)
+    keep = mnist.test.labels != 3
+    mnist = mnist.__class__(mnist.train, None, Split(mnist.test.images[keep], mnist.test.labels[keep]), "no 3s")
+    run = RunDir.create(tmp_path / "run", "t")
+    present = digits_present(mnist)
+    assert 3 not in present["test"] and present["train"] == set(range(10))
+    result = train_and_evaluate(tiny_config, run, [TensorBoardWriter(run, present)], mnist=mnist)
+    logged = read_scalars(run.path / "tb" / "test")
+    for row in result.history:
+        assert logged[("per_digit_error/mean", row["epoch"])] == pytest.approx(
+            np.mean([row[f"test_error_{d}"] for d in range(10) if d != 3]), rel=1e-6
+        )
+    assert result.metrics["mean_per_digit_test_error"] == pytest.approx(logged[("per_digit_error/mean", 2)], rel=1e-6)
+
+
 def test_a_run_logs_each_epoch_equal_to_its_history(tmp_path, tiny_config):
     run = RunDir.create(tmp_path / "run", "t")
     config = tiny_config.replace(**{"train.epochs": 3})
