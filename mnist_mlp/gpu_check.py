@@ -11,7 +11,6 @@ plugin version, GPU, layer sizes and batch size, so it costs its seconds once; `
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 import sys
@@ -22,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from mnist_mlp.cache import cache_dir
 from mnist_mlp.config import Config
 from mnist_mlp.data import Split
 from mnist_mlp.device import (
     CPU,
     Device,
-    configure_threads,
+    configure_runtime,
     cpu_device,
     gpu_device,
     metal_plugin_version,
@@ -48,7 +48,6 @@ CHECK_STEPS, CHECK_RTOL = 10, 1e-4
 TIMED_IMAGES = 2048  # images per timed call: long enough to time, short enough for the check's ~2 s
 TIMED_REPEATS = 5  # interleaved CPU/GPU calls; the median of each
 FASTER_BY = 1.1  # auto wants the GPU this much faster: less is within the noise of a check this short
-CACHE_ENV = "MNIST_MLP_CACHE_DIR"
 CACHE_FILE = "gpu_check.json"
 
 
@@ -149,15 +148,6 @@ def _loss_on_cpu(config: Config, weights: list[np.ndarray], data: Split) -> floa
 # --- the cache -------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """$MNIST_MLP_CACHE_DIR, else the user's cache folder: ~/Library/Caches on macOS, $XDG_CACHE_HOME else."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    if platform.system() == "Darwin":
-        return Path.home() / "Library" / "Caches" / "mnist_mlp"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnist_mlp"
-
-
 def cache_key(config: Config, gpu: str) -> str:
     """What a verdict depends on: machine, TensorFlow, plugin, which GPU, layer sizes, batch size."""
     sizes = "-".join(map(str, layer_sizes(config.model)))
@@ -203,7 +193,7 @@ def choose_device(config: Config) -> Device:
     gpu takes the GPU once it passed the check (GpuMismatch when not); auto takes it only when it passed
     and is faster, else the CPU (with a warning line after a mismatch)."""
     runtime = config.runtime
-    configure_threads(runtime.threads)
+    configure_runtime(runtime)  # thread count, XLA's cache: before TensorFlow starts its runtime
     gpu = require_gpu(runtime)
     if runtime.device == "cpu":
         return cpu_device(runtime, "runtime.device=cpu")
