@@ -29,7 +29,10 @@ from mnist_mlp.model import MLP, N_PIXELS, active_units, cross_entropy, forward,
 from mnist_mlp.optimizers import make_optimizer
 from mnist_mlp.results import Evaluation
 
-EVAL_CHUNK = 10000  # images per matmul of an evaluation: bounded memory, big enough to run at full speed
+# Images per matmul of an evaluation, one chunk at a time: the chunk's float32 pixels and activations (about 16 MB)
+# are all it adds to memory. With 10,000 images, and chunks in flight together, an evaluation took 110-250 MB more at
+# its peak and was no faster (docs/performance.md).
+EVAL_CHUNK = 2000
 
 
 class Diverged(Exception):
@@ -203,7 +206,7 @@ class Trainer:
             start = (0, tf.constant(0.0, tf.float64), tf.zeros([N_CLASSES, N_CLASSES]))
             found = tf.TensorArray(tf.int32, size=chunks, infer_shape=False)
             _, loss_sum, confusion, found, active = tf.while_loop(
-                lambda i, *_: i < chunks, one_chunk, [*start, found, none_active]
+                lambda i, *_: i < chunks, one_chunk, [*start, found, none_active], parallel_iterations=1
             )
             return loss_sum, tf.cast(confusion, tf.int32), found.concat(), active
 
