@@ -59,7 +59,44 @@ def import_tensorflow_quietly() -> None:
         sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` raise ImportError
     try:
         with native_stderr_silenced(), contextlib.suppress(ImportError):  # a broken install: the real import says
-            import tensorflow  # noqa: F401
+            _import_tensorflow()
     finally:
         for name in hidden:
             del sys.modules[name]
+    if plugin_load_error:
+        print(f"warning: {plugin_load_error}; going on without it, on the CPU", file=sys.stderr)
+
+
+plugin_load_error: str | None = None  # why a TensorFlow plugin (Metal's) failed to load, for doctor; None: it did
+
+
+def _import_tensorflow() -> None:
+    """`import tensorflow`; should a plugin in site-packages/tensorflow-plugins (the Metal GPU's) fail to load
+    (a missing library or symbol: TensorFlow raises as it loads them, at the end of its import), the reason
+    kept in plugin_load_error (for a warning line, and for doctor), and TensorFlow imported again without its
+    plugins: the CPU works without them."""
+    global plugin_load_error
+    try:
+        import tensorflow
+    except Exception as exc:
+        if "tensorflow-plugins" not in str(exc):
+            raise
+        from mnist_mlp.errors import describe_error
+        from mnist_mlp.versions import REINSTALL
+
+        plugin_load_error = f"a TensorFlow plugin failed to load ({describe_error(exc)}); reinstall: {REINSTALL}"
+        exists = os.path.exists  # TensorFlow loads the plugins found in every site-packages' tensorflow-plugins
+        os.path.exists = lambda path: os.path.basename(os.fspath(path)) != "tensorflow-plugins" and exists(path)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.path.exists = exists
+
+
+def sweep_worker_process(*args: object) -> None:
+    """Where a sweep's worker process starts (sweep.py): TensorFlow imported quietly first, as the sweep's own
+    module imports it at the top, then the worker."""
+    import_tensorflow_quietly()
+    from mnist_mlp.sweep import worker_main
+
+    worker_main(*args)

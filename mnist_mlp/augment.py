@@ -27,7 +27,8 @@ def shift_images(images: tf.Tensor, dx: tf.Tensor, dy: tf.Tensor) -> tf.Tensor:
     S_y = tf.one_hot(i[None, :] - dy[:, None], SIDE)  # [B, 28, 28]: row i of the result is row i − dy
     S_x = tf.one_hot(i[None, :] - dx[:, None], SIDE)  # column j of the result is column j − dx
     shifted = tf.matmul(tf.matmul(S_y, X), S_x, transpose_b=True)  # S_y X S_xᵀ
-    return tf.cast(tf.reshape(shifted, [-1, SIDE * SIDE]), images.dtype)
+    # Rounded, not truncated, back to uint8: a product off by a rounding (on a GPU) still gives the pixel.
+    return tf.cast(tf.round(tf.reshape(shifted, [-1, SIDE * SIDE])), images.dtype)
 
 
 def epoch_shifts(k: int, seed: int, epoch: tf.Tensor, count: int) -> tf.Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from mnist_mlp import __version__, import_tensorflow_quietly
-from mnist_mlp.errors import GpuMismatch, UserError
+from mnist_mlp.errors import GpuFailure, GpuMismatch, UserError
 from mnist_mlp.versions import runtime_versions
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 EXIT_USER_ERROR = 2
 EXIT_TRAINING_FAILED = 1  # train: the loss diverged, or memory ran out
-EXIT_GPU_MISMATCH = 1  # the GPU failed its self-check: the machine's fault, not the input's
+EXIT_GPU_FAILED = 1  # the GPU failed its self-check, or raised an error: the machine's fault, not the input's
 EXIT_PROBLEMS_FOUND = 1  # doctor found something wrong
 EXIT_SOME_FILES_FAILED = 1  # predict: some images could not be classified (the others were)
 EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a different loss
@@ -81,7 +81,7 @@ def _train(args: argparse.Namespace, config: Config, mnist: Mnist, run: RunDir |
     if run.replaces is not None:  # stopped in its first epoch: the run it was to replace stays
         print(f"{run.replaces}: left as it was (the new run did not finish an epoch)", file=sys.stderr)
         run.abandon()
-    elif status == EXIT_TRAINING_FAILED:  # a run that recorded nothing (not even its divergence) goes
+    elif status in (EXIT_TRAINING_FAILED, EXIT_GPU_FAILED):  # a run that recorded nothing (not even a divergence)
         run.abandon()
     return status
 
@@ -94,16 +94,22 @@ def new_config(args: argparse.Namespace) -> Config:
     return config.replace(**{"data.dir": str(args.data_dir)}) if args.data_dir else config
 
 
+RESUMABLE_KEYS = ("train.epochs", "runtime.device")
+
+
 def resumed_config(run: RunDir, args: argparse.Namespace) -> Config:
-    """The run's own config; --set may change train.epochs alone (to continue a run), --data-dir the data."""
+    """The run's own config; --set may change train.epochs (to continue a run) and runtime.device (to go on on
+    another device, e.g. the CPU after the GPU failed); --data-dir the data."""
     from mnist_mlp.config import parse_override
 
     config = run.read_config()
     for item in args.set:
         key, value = parse_override(item)
-        if key != "train.epochs":
-            raise UserError(f"--set {item}: only train.epochs can change when resuming (to continue a run)")
-        if config.train.lr_schedule == "cosine" and value != config.train.epochs:
+        if key not in RESUMABLE_KEYS:
+            raise UserError(
+                f"--set {item}: only {' and '.join(RESUMABLE_KEYS)} can change when resuming (to continue a run)"
+            )
+        if key == "train.epochs" and config.train.lr_schedule == "cosine" and value != config.train.epochs:
             raise UserError(
                 f"--set {item}: the run uses train.lr_schedule=cosine, whose rate follows train.epochs; "
                 "continued, it would not equal a straight run of that length (train anew instead)"
@@ -134,6 +140,12 @@ def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace, plot_worker: 
         console.end_line()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_TRAINING_FAILED
+    except GpuFailure as exc:  # runtime.device=gpu (auto goes on on the CPU by itself)
+        console.end_line()
+        kept = run.has_checkpoint()
+        then = f"; the run is kept: mnist-mlp train --resume {run.path} --set runtime.device=cpu" if kept else ""
+        print(f"error: {exc} while training{then}", file=sys.stderr)
+        return EXIT_GPU_FAILED
     except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
         console.end_line()
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
@@ -149,26 +161,38 @@ def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace, plot_worker: 
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import signal
-
+    if args.report:
+        return sweep_report(args)
     from mnist_mlp.run import Interrupted
+    from mnist_mlp.study import shown, sweep_place
     from mnist_mlp.sweep import run_sweep
     from mnist_mlp.sweep_file import load_sweep
 
+    if args.sweep_file is None:
+        raise UserError("sweep: give a sweep file (e.g. configs/sweep.yaml), or --report to report on a study")
     sweep = load_sweep(args.sweep_file, args.set)
-    out = args.out or Path("sweeps") / args.sweep_file.stem
-
-    def stop(signum: int, _frame: object) -> None:  # SIGTERM as Ctrl-C: worker processes are ended, not orphaned
-        raise Interrupted(signum, "terminated")
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    place = sweep_place(args.out or Path("sweeps") / args.sweep_file.stem, args.storage, args.study or sweep.path.stem)
     try:
-        run_sweep(sweep, out, workers=args.workers)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        print(f"interrupted; finished trials are kept in {out}: run the same command to resume", file=sys.stderr)
-        return 128 + getattr(exc, "signum", signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        run_sweep(sweep, place, workers=args.workers)
+    except Interrupted as exc:
+        print(f"interrupted; finished trials are kept in study {place.study} ({shown(place.url)}): "
+              "run the same command to resume", file=sys.stderr)  # fmt: skip
+        return 128 + exc.signum
+    return 0
+
+
+def sweep_report(args: argparse.Namespace) -> int:
+    """`sweep --report`: the report of a study (the sweep file's, --study's, or the only one there) into --out."""
+    from mnist_mlp.study import load_study, open_storage, sweep_place
+    from mnist_mlp.sweep_report import report
+
+    if args.set or args.workers != 1:
+        raise UserError("--report writes the report of the trials in the study; drop --set and --workers")
+    name = args.study or (args.sweep_file.stem if args.sweep_file else None)
+    out = args.out or Path("sweeps") / (name or "report")
+    place = sweep_place(out, args.storage, name, must_exist=True)
+    study = load_study(open_storage(place.url), name)
+    report(study, args.out or Path("sweeps") / study.study_name, sys.stdout)
     return 0
 
 
@@ -243,7 +267,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     from mnist_mlp.doctor import diagnose, format_report
 
-    report = diagnose(args.data_dir)
+    config = new_config(args) if args.config or args.set else None
+    report = diagnose(args.data_dir, config)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return EXIT_PROBLEMS_FOUND if report["problems"] else 0
 
@@ -269,10 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     sweep = commands.add_parser("sweep", help="search hyperparameters, choosing on a validation split")
-    sweep.add_argument("sweep_file", type=Path, metavar="SWEEP.yaml", help="sweep file, e.g. configs/sweep.yaml")
+    sweep.add_argument(
+        "sweep_file", type=Path, nargs="?", metavar="SWEEP.yaml", help="sweep file, e.g. configs/sweep.yaml"
+    )
     sweep.add_argument("--out", type=Path, help="sweep folder, resumed if it exists (default: sweeps/<file name>)")
     sweep.add_argument("--workers", type=int, default=1, metavar="N", help="trials in parallel processes (default 1)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every trial's base")
+    sweep.add_argument(
+        "--storage", metavar="URL", help="study database, e.g. postgresql://user@host/db (default: OUT/study.db)"
+    )
+    sweep.add_argument("--study", metavar="NAME", help="study name in the database (default: the file's name)")
+    sweep.add_argument("--report", action="store_true", help="only write the report of the study's trials into OUT")
     sweep.set_defaults(handler=cmd_sweep)
 
     plot = commands.add_parser("plot", help="redraw a run's plots from its history.csv, without training")
@@ -316,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="check versions, devices, data and the GPU; recommend a device")
     doctor.add_argument("--data-dir", type=Path, metavar="PATH", help="MNIST IDX folder to check (default: as train)")
+    doctor.add_argument("--config", help="check the GPU with this config's settings (default: batch 50 and 512)")
+    doctor.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     doctor.add_argument("--json", action="store_true", help="print the report as one JSON object")
     doctor.set_defaults(handler=cmd_doctor)
     return parser
@@ -326,12 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # train reads its data before TensorFlow's seconds of start-up, so bad data is reported at once;
         # plot needs no TensorFlow at all.
-        if args.command not in ("train", "plot"):
+        if args.command not in ("train", "plot") and not getattr(args, "report", False):  # nor sweep --report
             import_tensorflow_quietly()
         return args.handler(args)
-    except GpuMismatch as exc:
+    except (GpuMismatch, GpuFailure) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_GPU_MISMATCH
+        return EXIT_GPU_FAILED
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -8,6 +8,7 @@ overrides a key from the command line. Every error is one line naming the file (
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -145,9 +146,37 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
     return from_dict(tree, where + (" with --set overrides" if overrides else ""))
 
 
+# Numbers as people write them. PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so
+# 1e-3, 5E-2, 1.0e5 and -.5 would be strings; YAML 1.2 (and Python's float()) reads them as numbers. The
+# loader resolves them as floats, and the dumper quotes strings that look like them, so that what one
+# writes the other reads back unchanged. 1.5, .5 and 1.0e-5 were floats already; integers stay integers.
+YAML_12_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+|\.[0-9]+(?:[eE][-+]?[0-9]+)?)$")
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats."""
+
+
+class YamlDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, quoting the strings YamlLoader would read as floats."""
+
+
+for _cls in (YamlLoader, YamlDumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", YAML_12_FLOAT, list("-+.0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text, numbers as people write them (1e-3 is a float): configs, --set and sweep files."""
+    return yaml.load(text, Loader=YamlLoader)  # a SafeLoader: plain data only
+
+
+def dump_yaml(tree: Any) -> str:
+    return yaml.dump(tree, Dumper=YamlDumper, sort_keys=False)
+
+
 def config_yaml(config: Config) -> str:
     """The resolved config as YAML, complete, so that it can be passed back as --config."""
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    return dump_yaml(config.to_dict())
 
 
 def read_yaml_mapping(path: Path, kind: str = "config file", holds: str = "config sections") -> dict:
@@ -155,7 +184,7 @@ def read_yaml_mapping(path: Path, kind: str = "config file", holds: str = "confi
     if not path.is_file():
         raise ConfigError(f"{path}: {kind} not found")
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" (line {mark.line + 1})" if mark else ""
@@ -168,12 +197,12 @@ def read_yaml_mapping(path: Path, kind: str = "config file", holds: str = "confi
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """`section.key=value` to (key, value), the value parsed as YAML (so 3, 0.1, [64, 32], null work)."""
+    """`section.key=value` to (key, value), the value parsed as YAML (so 3, 0.1, 1e-3, [64, 32], null work)."""
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {item}: expected section.key=value, e.g. train.epochs=3")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"--set {item}: the value is not valid YAML") from None
     return key.strip(), value

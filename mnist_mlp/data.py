@@ -204,9 +204,9 @@ def load_tfds() -> tuple[Split, Split, str]:
     if not tfds_cached():
         _check_online()
     import_tensorflow_quietly()  # TFDS imports TensorFlow
-    from mnist_mlp.device import split_cpu_for_standin
+    from mnist_mlp.standin import split_cpu
 
-    split_cpu_for_standin()  # TFDS starts TensorFlow's runtime: a stand-in GPU must be split off before
+    split_cpu()  # TFDS starts TensorFlow's runtime: a stand-in GPU must be split off before
     import absl.logging
     import tensorflow_datasets as tfds
 

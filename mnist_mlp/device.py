@@ -1,7 +1,7 @@
 """Where training runs: the Metal GPU on an Apple M1 (through tensorflow-metal), any other GPU, or the CPU.
 
-`available_gpu()` names the project's GPU. With MNIST_MLP_STANDIN_GPU=ok|wrong it is a stand-in: the CPU
-split into two logical devices, the second ("/CPU:1") treated as the GPU everywhere, so the GPU path
+`available_gpu()` names the project's GPU. With MNIST_MLP_STANDIN_GPU set it is a stand-in (standin.py): the
+CPU split into two logical devices, the second ("/CPU:1") treated as the GPU everywhere, so the GPU path
 (self-check, auto, doctor, bench, train) runs on machines without one. A testing aid, nothing more.
 Whether a GPU is trusted, and when `auto` picks it, is gpu_check.py's business.
 """
@@ -9,14 +9,12 @@ Whether a GPU is trusted, and when `auto` picks it, is gpu_check.py's business.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import tensorflow as tf
 
@@ -24,13 +22,10 @@ from mnist_mlp import native_stderr_silenced
 from mnist_mlp.cache import writable_folder, xla_cache_dir
 from mnist_mlp.config import RuntimeConfig
 from mnist_mlp.errors import ConfigError
+from mnist_mlp.standin import STANDIN_ENV, STANDIN_GPU, split_cpu, standin_mode
 from mnist_mlp.versions import METAL_PLUGIN, installed
 
 CPU = "/CPU:0"
-STANDIN_ENV = "MNIST_MLP_STANDIN_GPU"
-STANDIN_MODES = ("ok", "wrong")  # wrong: ReLU computed as the identity on the stand-in, as Metal has been reported to
-STANDIN_GPU = "/CPU:1"
-A = TypeVar("A")  # model.Activation, not imported: model imports data, which imports this module
 
 
 @dataclass(frozen=True)
@@ -47,27 +42,7 @@ class Device:
         return f"{self.kind.upper()} ({self.name}{standin}{xla}{why})"
 
 
-def standin_mode() -> str | None:
-    """MNIST_MLP_STANDIN_GPU's value (ok | wrong), None when unset; anything else is an error."""
-    mode = os.environ.get(STANDIN_ENV) or None
-    if mode is not None and mode not in STANDIN_MODES:
-        raise ConfigError(f"{STANDIN_ENV}={mode!r}: must be one of {', '.join(STANDIN_MODES)} (or unset)")
-    return mode
-
-
-def split_cpu_for_standin() -> None:
-    """With MNIST_MLP_STANDIN_GPU set, split the CPU into two logical devices; only possible before
-    TensorFlow starts its runtime, so this module does it when imported (and available_gpu() again)."""
-    if os.environ.get(STANDIN_ENV) and len(tf.config.get_logical_device_configuration(_cpu()) or []) < 2:
-        with contextlib.suppress(RuntimeError):  # the runtime is up: available_gpu() reports it
-            tf.config.set_logical_device_configuration(_cpu(), [tf.config.LogicalDeviceConfiguration()] * 2)
-
-
-def _cpu() -> tf.config.PhysicalDevice:
-    return tf.config.list_physical_devices("CPU")[0]
-
-
-split_cpu_for_standin()
+split_cpu()  # before anything starts TensorFlow's runtime (standin.py); a no-op without the stand-in
 
 
 @functools.cache
@@ -75,7 +50,7 @@ def available_gpu() -> str | None:
     """The device the project uses as its GPU: the stand-in when asked for, else the first GPU TensorFlow
     lists (Metal on an M1), else None."""
     if standin_mode():
-        split_cpu_for_standin()
+        split_cpu()
         if STANDIN_GPU.lstrip("/") not in {d.name.split("device:")[-1] for d in tf.config.list_logical_devices()}:
             raise ConfigError(f"{STANDIN_ENV} is set, but TensorFlow had started before the CPU could be split")
         return STANDIN_GPU
@@ -86,15 +61,6 @@ def available_gpu() -> str | None:
 def metal_plugin_version() -> str | None:
     """The installed tensorflow-metal's version (the Metal GPU plugin), None when absent."""
     return installed(METAL_PLUGIN)
-
-
-def as_computed_on(device: str, activation: A) -> A:
-    """A hidden layer's activation (a model.Activation) as `device` computes it: itself, except on the `wrong`
-    stand-in, whose ReLU is the identity (the testing aid's deliberate error; the self-check and bench must
-    catch it). The derivative stays right: only the forward op is wrong, as reported of Metal."""
-    if device == STANDIN_GPU and os.environ.get(STANDIN_ENV) == "wrong" and activation.name == "relu":
-        return dataclasses.replace(activation, fn=tf.identity)
-    return activation
 
 
 def configure_threads(threads: int) -> None:
@@ -116,7 +82,8 @@ def configure_runtime(config: RuntimeConfig) -> None:
 
 
 # XLA's CPU runtime: the whole compiled loop as one LLVM function ("legacy") rather than a sequence of thunks,
-# TF 2.19's default, which pays a dispatch per op. Only with it does XLA beat the plain graph here (README, Speed).
+# TF 2.19's default, which pays a dispatch per op. Only with it does XLA beat the plain graph here
+# (docs/performance.md).
 XLA_CPU_RUNTIME_FLAG = "--xla_cpu_use_thunk_runtime=false"
 # TensorFlow's flag for a folder of compiled XLA programs, which later processes load instead of compiling again.
 XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
@@ -188,7 +155,7 @@ def gpu_device(config: RuntimeConfig, name: str, reason: str = "") -> Device:
 
 def _jit(config: RuntimeConfig) -> bool:
     # auto: on for the CPU on Linux, where an epoch at batch 50 took about 0.75x the plain graph's time (with
-    # XLA's CPU runtime as prepare_xla_cpu sets it; README, Speed). Off on macOS, where it was never measured,
+    # XLA's CPU runtime as prepare_xla_cpu sets it; docs/performance.md). Off on macOS, where it was never measured,
     # and on the GPU (gpu_device): Metal has no XLA.
     return sys.platform == "linux" if config.jit_compile == "auto" else config.jit_compile
 

@@ -1,8 +1,9 @@
 """`mnist-mlp doctor`: what this machine offers for training, and what is wrong with it, in one report.
 
 Versions, the devices TensorFlow lists, where MNIST would come from, and a fresh GPU self-check (never the
-cached verdict) at batch 50 and 512 with the time of a training step on each device; then the device
-`runtime.device: auto` would pick and every problem found, one line each.
+cached verdict) with the time of a training step on each device: of the default config at batch 50 and
+512, or of the config given (--config, --set); then the device `runtime.device: auto` would pick and
+every problem found, one line each.
 """
 
 from __future__ import annotations
@@ -14,19 +15,22 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from mnist_mlp import plugin_load_error
 from mnist_mlp.config import Config, DataConfig
-from mnist_mlp.data import data_source
+from mnist_mlp.data import Split, data_source, idx_folder, load_mnist, tfds_cached
 from mnist_mlp.device import STANDIN_ENV, available_gpu, metal_plugin_version, standin_mode
 from mnist_mlp.errors import UserError
-from mnist_mlp.gpu_check import Verdict, verdict_for
+from mnist_mlp.gpu_check import OK, Verdict, verdict_for
 
 BATCH_SIZES = (50, 512)  # the default batch size, and one where a GPU has more work per call
 
 
-def diagnose(data_dir: Path | None = None) -> dict:
-    """The whole report as one JSON-ready dict (what `doctor --json` prints)."""
+def diagnose(data_dir: Path | None = None, config: Config | None = None) -> dict:
+    """The whole report as one JSON-ready dict (what `doctor --json` prints). `config`: the settings to check
+    the GPU with (None: the defaults at batch 50 and 512)."""
     problems = environment_problems()
-    data_config = DataConfig(dir=str(data_dir)) if data_dir else DataConfig()
+    data_config = (config or Config()).data
+    data_config = DataConfig(dir=str(data_dir)) if data_dir else data_config
     try:
         data = data_source(data_config)
     except UserError as exc:
@@ -37,10 +41,12 @@ def diagnose(data_dir: Path | None = None) -> dict:
     except UserError as exc:
         gpu = None
         problems.append(str(exc))
-    checks = [Config().replace(**{"train.batch_size": batch}) for batch in BATCH_SIZES] if gpu else []
-    verdicts = [verdict_for(config, gpu, recheck=True) for config in checks]
-    default = next((v for v in verdicts if v.batch_size == Config().train.batch_size), None)
-    problems += [f"the GPU ({gpu}) computes wrong results: {v.difference}" for v in verdicts if not v.correct][:1]
+    checks = [config] if config else [Config().replace(**{"train.batch_size": batch}) for batch in BATCH_SIZES]
+    images = check_images(data_config) if gpu else None
+    verdicts = [verdict_for(c, gpu, images, recheck=True) for c in checks] if gpu else []
+    chosen = next((v for v in verdicts if v.batch_size == checks[0].train.batch_size), None)
+    problems += [v.failure() for v in verdicts if not v.correct][:1]
+    failed = next((v.status for v in verdicts if not v.correct), OK)
     return {
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         "python": platform.python_version(),
@@ -52,18 +58,32 @@ def diagnose(data_dir: Path | None = None) -> dict:
         "gpu": gpu,
         "standin_gpu": standin_mode() if gpu else None,
         "data": data,
-        "gpu_check": "no gpu" if not gpu else "ok" if all(v.correct for v in verdicts) else "mismatch",
-        "step_seconds": {str(v.batch_size): {"cpu": v.cpu_step_seconds, "gpu": v.gpu_step_seconds} for v in verdicts},
+        "gpu_check": "no gpu" if not gpu else failed,  # ok | mismatch | failed | no gpu
+        "step_seconds": {  # timed only once the GPU is found correct
+            str(v.batch_size): {"cpu": v.cpu_step_seconds, "gpu": v.gpu_step_seconds} for v in verdicts if v.correct
+        },
         "check_seconds": {str(v.batch_size): v.check_seconds for v in verdicts},
-        "device_choice": "gpu" if default and default.faster else "cpu",
+        "device_choice": "gpu" if chosen and chosen.faster else "cpu",
+        "checked_batch_size": checks[0].train.batch_size,
         "recommendation": recommendation(gpu, verdicts),
         "problems": problems,
     }
 
 
+def check_images(config: DataConfig) -> Split | None:
+    """MNIST's training images for the GPU check when they are at hand (None: the check makes up digits;
+    doctor downloads nothing)."""
+    if not (idx_folder(config) or tfds_cached()):
+        return None
+    try:
+        return load_mnist(config).train
+    except UserError:
+        return None
+
+
 def environment_problems() -> list[str]:
     """Problems of the installation itself, one line each."""
-    problems = []
+    problems = [plugin_load_error] if plugin_load_error else []
     if platform.system() == "Darwin" and platform.machine() == "arm64" and metal_plugin_version() is None:
         problems.append("tensorflow-metal is not installed, so TensorFlow sees no GPU (make install adds it)")
     # A TensorFlow that the installed Metal plugin cannot load never gets this far: import_tensorflow_quietly
@@ -78,7 +98,8 @@ def recommendation(gpu: str | None, verdicts: list[Verdict]) -> str:
         return "train on the CPU (runtime.device: auto or cpu): the GPU fails its self-check"
     faster = [v.batch_size for v in verdicts if v.faster]
     if not faster:
-        return "train on the CPU (runtime.device: auto does): the GPU is correct but not faster at batch 50 or 512"
+        checked = " or ".join(str(v.batch_size) for v in verdicts)
+        return f"train on the CPU (runtime.device: auto does): the GPU is correct but not faster at batch {checked}"
     return (f"runtime.device: auto: it uses the GPU where the check finds it faster (here at batch "
             f"{', '.join(map(str, faster))}) and the CPU elsewhere")  # fmt: skip
 
@@ -104,7 +125,7 @@ def format_report(report: dict) -> str:
                       f"{seconds['gpu'] * 1e3:.2f} ms on the GPU ({speed}); check took "
                       f"{report['check_seconds'][batch]:.1f} s"))  # fmt: skip
     lines += [
-        ("auto picks", report["device_choice"].upper() + " at batch 50"),
+        ("auto picks", f"{report['device_choice'].upper()} at batch {report['checked_batch_size']}"),
         ("recommended", report["recommendation"]),
     ]
     lines += [("problem", p) for p in report["problems"]] or [("problems", "none")]

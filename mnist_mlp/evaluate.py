@@ -9,9 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import tensorflow as tf
+
 from mnist_mlp.config import Config
-from mnist_mlp.data import load_mnist
-from mnist_mlp.gpu_check import choose_device
+from mnist_mlp.data import Mnist, load_mnist
+from mnist_mlp.device import CPU, Device
+from mnist_mlp.errors import GpuFailure
+from mnist_mlp.gpu_check import choose_device, cpu_after
 from mnist_mlp.model import MLP
 from mnist_mlp.results import Evaluation, headline_metrics
 from mnist_mlp.rundir import CheckpointState, RunDir
@@ -57,7 +61,8 @@ class RunEvaluation:
 def restore_model(run: RunDir, which: str = "last") -> tuple[Config, MLP, CheckpointState]:
     """The run's config and an MLP built from it holding the `which` checkpoint's weights."""
     config = run.read_config()
-    model = MLP(config.model, config.seed)
+    with tf.device(CPU):  # predict and serve classify on the CPU: an image at a time, no GPU to check
+        model = MLP(config.model, config.seed)
     return config, model, run.restore_checkpoint(model, which)
 
 
@@ -70,7 +75,17 @@ def evaluate_run(run: RunDir, which: str | None = None, data_dir: Path | None = 
     if data_dir is not None:
         config = config.replace(**{"data.dir": str(data_dir), "data.tfds_version": None})
     mnist = load_mnist(config.data)
-    trainer = Trainer(config, mnist.train, choose_device(config))
-    state = run.restore_checkpoint(trainer.model, which)
-    test = trainer.evaluate(*trainer.to_device(mnist.test))
+    device = choose_device(config, mnist.train)
+    try:
+        state, test = _evaluate_on(device, run, which, config, mnist)
+    except GpuFailure as failure:
+        if config.runtime.device != "auto":
+            raise
+        state, test = _evaluate_on(cpu_after(failure, config, "evaluating"), run, which, config, mnist)
     return RunEvaluation(run, which, state, mnist.source, test)
+
+
+def _evaluate_on(device: Device, run: RunDir, which: str, config: Config, mnist: Mnist) -> tuple:
+    trainer = Trainer(config, mnist.train, device)
+    state = run.restore_checkpoint(trainer.model, which)
+    return state, trainer.evaluate(*trainer.to_device(mnist.test))

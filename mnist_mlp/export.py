@@ -59,12 +59,13 @@ class ServingModel(tf.Module):
 def export_saved_model(model: MLP, target: Path) -> Path:
     """Write `model` as a SavedModel at `target`, replacing any there; a crash leaves the old or the new one."""
     target = Path(target)
-    serving = ServingModel(model)
-    signatures = {"serving_default": serving.classify_images, "serving_float": serving.classify_pixels}
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the served model from other users
     try:
-        tf.saved_model.save(serving, str(staging), signatures=signatures)
+        with tf.device("/CPU:0"):  # the copies and the traced functions: never on an unchecked GPU
+            serving = ServingModel(model)
+            signatures = {"serving_default": serving.classify_images, "serving_float": serving.classify_pixels}
+            tf.saved_model.save(serving, str(staging), signatures=signatures)
         replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,7 +8,7 @@ The code holds the transposes of X, H^l, y and the logits: rows are samples (X i
 H[l] is (H^l)ᵀ [M, N_l]), and each line computes its formula transposed, e.g. (H^l)ᵀ = φ((H^{l-1})ᵀ W^l +
 (W0^l)ᵀ). The weights are stored exactly as the report has them. Why: on the CPU a matrix product whose
 left operand is transposed, as (W^l)ᵀ H^{l-1} is with columns for samples, ran slower; with XLA an epoch
-took about 1.3x as long (README, Speed). Each activation φ is written beside its derivative (`Activation`),
+took about 1.3x as long (docs/performance.md). Each activation φ is written beside its derivative (`Activation`),
 which gradients.py uses, so another activation is one more entry in ACTIVATIONS. Biases are added after
 the matmul, never as a fused BiasAdd (a fused MatMul+BiasAdd+ReLU has given wrong results on Metal in
 graph mode).
@@ -40,7 +40,7 @@ class Activation:
 
 RELU = Activation(
     "relu",
-    fn=tf.nn.relu,  # φ(Z) = max(0, Z)
+    fn=lambda Z: tf.nn.relu(Z),  # φ(Z) = max(0, Z) (looked up when traced: the stand-in GPU wraps it, standin.py)
     derivative=lambda H: tf.cast(H > 0, H.dtype),  # ∂φ(H)/∂H = 1 where H > 0, else 0
 )
 ACTIVATIONS = {activation.name: activation for activation in (RELU,)}
@@ -97,8 +97,9 @@ def forward(model: MLP, X: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor]:
     and the output logits, transposed: [M, K]."""
     H = [X]
     for W, W0 in zip(model.W[:-1], model.W0[:-1], strict=True):
-        H.append(model.activation.fn(H[-1] @ W + tf.transpose(W0)))  # H^l = φ((W^l)ᵀ H^{l-1} + W0^l), transposed
-    logits = H[-1] @ model.W[-1] + tf.transpose(model.W0[-1])  # (W^L)ᵀ H^{L-1} + W0^L, transposed
+        Z = tf.matmul(H[-1], W) + tf.transpose(W0)  # Z^l = (W^l)ᵀ H^{l-1} + W0^l, transposed
+        H.append(model.activation.fn(Z))  # H^l = φ(Z^l)
+    logits = tf.matmul(H[-1], model.W[-1]) + tf.transpose(model.W0[-1])  # (W^L)ᵀ H^{L-1} + W0^L, transposed
     return H, logits
 
 

@@ -99,7 +99,8 @@ class Adam(Optimizer):
 
     def apply_gradients(self, grads_and_vars: GradsAndVars, lr: tf.Tensor) -> None:
         t = self.t.assign_add(1.0)  # t ← t + 1
-        alpha_t = lr * tf.sqrt(1.0 - tf.pow(self.beta2, t)) / (1.0 - tf.pow(self.beta1, t))  # α√(1 − β2^t)/(1 − β1^t)
+        beta1, beta2 = (tf.constant(beta, t.dtype) for beta in (self.beta1, self.beta2))  # float32, or float64
+        alpha_t = lr * tf.sqrt(1.0 - tf.pow(beta2, t)) / (1.0 - tf.pow(beta1, t))  # α√(1 − β2^t)/(1 − β1^t)
         for g, W in grads_and_vars:
             m, s = self.m[W.ref()], self.s[W.ref()]
             # (1 − β) as a Python float, as Keras computes it: the same float32 constant, the same rounding.

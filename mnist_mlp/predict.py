@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
+from mnist_mlp.device import CPU
 from mnist_mlp.evaluate import restore_model
 from mnist_mlp.export import restore_saved_model
 from mnist_mlp.images import ImageError, load_digit
@@ -52,15 +54,21 @@ def load_model(run: RunDir) -> tuple[MLP, str]:
         where = f"epoch {state.epoch}" + (f", step {state.step} (interrupted mid-epoch)" if state.step else "")
         return model, f"{run.checkpoint_path('last')} (the last checkpoint: {where}; no {saved.name} yet)"
     config = run.read_config()
-    model = MLP(config.model, config.seed)
+    with tf.device(CPU):  # an image at a time: the CPU does it at once, and no unchecked GPU is involved
+        model = MLP(config.model, config.seed)
     restore_saved_model(model, saved)
     return model, str(saved)
 
 
 def load_classifier(run: RunDir) -> tuple[Classify, str]:
-    """load_model's MLP as a function of images; and where its weights came from."""
+    """load_model's MLP as a function of images (run on the CPU); and where its weights came from."""
     model, source = load_model(run)
-    return lambda images: predict_proba(model, images).numpy(), source
+
+    def classify(images: np.ndarray) -> np.ndarray:
+        with tf.device(CPU):
+            return predict_proba(model, images).numpy()
+
+    return classify, source
 
 
 def predict_files(paths: Sequence[str | Path], classify: Classify) -> list[Prediction]:

@@ -8,6 +8,7 @@ Ctrl-C or SIGTERM finishes the current compiled call, checkpoints mid-epoch and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ import tensorflow as tf
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import Mnist, load_mnist
 from mnist_mlp.device import Device, available_memory
-from mnist_mlp.errors import ConfigError, UserError
-from mnist_mlp.gpu_check import choose_device
+from mnist_mlp.errors import ConfigError, GpuFailure, UserError
+from mnist_mlp.gpu_check import choose_device, cpu_after
 from mnist_mlp.history import (
     BATCH_LOSS,
     DIGIT_ERROR_SPLITS,
@@ -177,7 +178,7 @@ def plan_run(config: Config, mnist: Mnist | None = None, device: Device | None =
     mnist = mnist or load_mnist(config.data)
     if mnist.origin is not None:
         config = config.replace(**mnist.origin.recorded())
-    device = device or choose_device(config)  # the GPU's self-check, once, before any folder
+    device = device or choose_device(config, mnist.train)  # the GPU's self-check, once, before any folder
     check_batches(config.train, len(mnist.train))
     check_memory(config, mnist)
     return RunPlan(config, mnist, device)
@@ -211,6 +212,21 @@ def train_and_evaluate(
 
 def train(plan: RunPlan, run: RunDir, listeners: list[Listener] = (), resume: bool = False) -> RunResult:
     """Train per `plan`, writing the run's files into `run`; listeners see progress and the result.
+
+    A GPU that raises an error (GpuFailure) under `runtime.device: auto` is left for the CPU, which resumes
+    the run from its last checkpoint: nothing finished is lost. With `gpu` the error stops the run.
+    """
+    try:
+        return _train(plan, run, listeners, resume)
+    except GpuFailure as failure:
+        if plan.config.runtime.device != "auto":
+            raise
+        cpu = cpu_after(failure, plan.config, "training")
+        return _train(dataclasses.replace(plan, device=cpu), run, listeners, resume=True)
+
+
+def _train(plan: RunPlan, run: RunDir, listeners: list[Listener] = (), resume: bool = False) -> RunResult:
+    """train() on the plan's device.
 
     resume: continue from the last checkpoint, up to the plan's train.epochs (which may exceed the
     run's own: a finished run is continued). A run built beside the one it replaces takes its place

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from mnist_mlp.config import Config, config_yaml, from_dict
+from mnist_mlp.config import Config, config_yaml, from_dict, load_yaml
 from mnist_mlp.errors import UserError
 from mnist_mlp.history import EPOCH
 
@@ -286,7 +286,7 @@ class RunDir:
         import yaml
 
         try:
-            tree = yaml.safe_load(self.config_file.read_text())
+            tree = load_yaml(self.config_file.read_text())
         except yaml.YAMLError:
             raise UserError(f"{self.config_file}: not valid YAML") from None
         return from_dict(tree, where=str(self.config_file))

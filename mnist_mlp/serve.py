@@ -2,6 +2,8 @@
 
     GET  /              the page: web/index.html, app.js and style.css, served from the package (no network)
     GET  /api/run       the run served: its name, where the weights came from, test accuracy, config summary
+    GET  /api/weights   the first layer's weights, unit by unit: the page fetches them once and draws the
+                        most active units' from them
     POST /api/predict   image bytes (PNG or JPEG) as the body: `predict --json`'s fields and what the page draws
 
 An upload is prepared by images.digit_from_bytes (the code `predict` runs on files) and classified by the MLP
@@ -12,6 +14,7 @@ The standard library's threading server is enough for one person's browser and a
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import socket
 import sys
@@ -22,7 +25,9 @@ from importlib import resources
 from urllib.parse import urlsplit
 
 import numpy as np
+import tensorflow as tf
 
+from mnist_mlp.device import CPU
 from mnist_mlp.errors import UserError
 from mnist_mlp.images import BlankImage, digit_from_bytes
 from mnist_mlp.model import MLP, forward, softmax, to_rows
@@ -34,6 +39,9 @@ MAX_BODY = 5 * 1024 * 1024  # bytes; a larger upload is refused (413) before any
 # before they read the answer (Python's http.client, for one) get the 413 rather than a broken pipe.
 DISCARD_LIMIT = 64 * 1024 * 1024
 TOP_UNITS = 8  # the most active first-layer units, whose incoming weights the page draws
+# Activations and weights go to the page with this many significant digits: beyond what its two-decimal labels
+# and colour scales show, and JSON then prints 0.0497 rather than float32's 0.04969999939203262.
+SIGNIFICANT_DIGITS = 4
 READ_TIMEOUT = 30  # seconds a client may stall mid-request before its connection is dropped
 
 # URL path: (file in mnist_mlp/web, Content-Type)
@@ -42,7 +50,12 @@ PAGE = {
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-RUN_INFO, PREDICT = "/api/run", "/api/predict"
+RUN_INFO, WEIGHTS, PREDICT = "/api/run", "/api/weights", "/api/predict"
+
+
+def short(values: np.ndarray) -> list[float]:
+    """`values` as a flat list of floats rounded to SIGNIFICANT_DIGITS significant digits."""
+    return [float(f"{v:.{SIGNIFICANT_DIGITS}g}") for v in np.asarray(values, np.float64).ravel().tolist()]
 
 
 class Inspector:
@@ -50,15 +63,15 @@ class Inspector:
 
     def __init__(self, model: MLP):
         self.model = model
-        # Unit j's 784 incoming weights (column j of W^1), row after row of the image, rounded for the page:
-        # listed once here, as they never change.
-        self.unit_weights = np.round(model.W[0].numpy().T, 4).tolist()
+        # GET /api/weights: unit j's 784 incoming weights (column j of W^1), row after row of the image. They
+        # never change, so the page fetches them once rather than with every answer.
+        self.first_layer = {"layer": 1, "weights": [short(column) for column in model.W[0].numpy().T]}
         self._lock = threading.Lock()
 
     def look(self, image: np.ndarray) -> dict:
         """`predict --json`'s fields for uint8 [28, 28] `image`, plus the image, every hidden layer's
-        activations and the incoming weights of the TOP_UNITS most active first-layer units."""
-        with self._lock:  # one forward pass at a time (a millisecond or two): nothing shared to reason about
+        activations and the TOP_UNITS most active first-layer units."""
+        with self._lock, tf.device(CPU):  # one forward pass at a time, on the CPU (load_model's device)
             H, logits = forward(self.model, to_rows(image[None], self.model.W[0].dtype))
             probabilities = softmax(logits)[0].numpy()  # ŷ = σ(logits), as predict_proba
             hidden = [h[0].numpy() for h in H[1:]]  # H^1 … H^{L-1} for this one image
@@ -69,10 +82,8 @@ class Inspector:
             "error": None,
             "blank": False,
             "image": image.ravel().tolist(),  # 784 grey levels, row after row
-            "hidden": [np.round(h, 4).tolist() for h in hidden],
-            "top_units": [
-                {"unit": j, "activation": round(float(first[j]), 4), "weights": self.unit_weights[j]} for j in top
-            ],
+            "hidden": [short(h) for h in hidden],
+            "top_units": [{"unit": j, "activation": short(first[j])[0]} for j in top],
         }
 
 
@@ -124,6 +135,9 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, host: str, port: int, inspector: Inspector, run_info: dict):
         self.inspector, self.run_info = inspector, run_info
+        # The weights, encoded once: about 0.7 MB of JSON for 784-100, a third of that gzipped (as browsers take it).
+        self.weights_json = json_bytes(inspector.first_layer)
+        self.weights_gzip = gzip.compress(self.weights_json)
         web = resources.files("mnist_mlp") / "web"
         self.page = {path: ((web / name).read_bytes(), kind) for path, (name, kind) in PAGE.items()}
         try:
@@ -150,6 +164,19 @@ def make_server(run: RunDir, host: str = "127.0.0.1", port: int = 8000) -> Serve
     return Server(host, port, Inspector(model), describe_run(run, source, model))
 
 
+def json_bytes(document: dict) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip (`gzip`, `gzip;q=0.8`; not `gzip;q=0`)."""
+    for item in accept_encoding.lower().split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip() in ("gzip", "*"):
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
 class Handler(BaseHTTPRequestHandler):
     server: Server
     server_version = "mnist-mlp"
@@ -163,7 +190,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self) -> None:
         path, method = urlsplit(self.path).path, self.command
-        allowed = "POST" if path == PREDICT else "GET, HEAD" if path in self.server.page or path == RUN_INFO else None
+        reads = (*self.server.page, RUN_INFO, WEIGHTS)
+        allowed = "POST" if path == PREDICT else "GET, HEAD" if path in reads else None
         if allowed is None:
             self.send_error_json(HTTPStatus.NOT_FOUND, f"no such page: {path}")
         elif method not in allowed.split(", "):
@@ -172,6 +200,10 @@ class Handler(BaseHTTPRequestHandler):
             self.predict()
         elif path == RUN_INFO:
             self.send_json(HTTPStatus.OK, self.server.run_info)
+        elif path == WEIGHTS and accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            self.send(HTTPStatus.OK, self.server.weights_gzip, "application/json", encoding="gzip")
+        elif path == WEIGHTS:
+            self.send(HTTPStatus.OK, self.server.weights_json, "application/json")
         else:
             self.send(HTTPStatus.OK, *self.server.page[path])
 
@@ -210,18 +242,23 @@ class Handler(BaseHTTPRequestHandler):
             left -= len(chunk)
 
     def send_json(self, status: HTTPStatus, document: dict, allow: str | None = None) -> None:
-        self.send(status, json.dumps(document, separators=(",", ":")).encode(), "application/json", allow)
+        self.send(status, json_bytes(document), "application/json", allow)
 
     def send_error_json(self, status: HTTPStatus, message: str, allow: str | None = None) -> None:
         self.send_json(status, {"error": message}, allow)
 
-    def send(self, status: HTTPStatus, body: bytes, kind: str, allow: str | None = None) -> None:
+    def send(
+        self, status: HTTPStatus, body: bytes, kind: str, allow: str | None = None, encoding: str | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")  # a retrained run in the same folder shows at once
         if allow:
             self.send_header("Allow", allow)
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
+            self.send_header("Vary", "Accept-Encoding")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

@@ -1,4 +1,4 @@
-"""The sweep file: what `mnist-mlp sweep` reads, parsed and checked into a base config and its trials.
+"""The sweep file: what `mnist-mlp sweep` reads, parsed and checked into a base config and what to search.
 
 A sweep file (YAML) names a base config, fixed overrides and the values to try:
 
@@ -13,10 +13,14 @@ A sweep file (YAML) names a base config, fixed overrides and the values to try:
       seed: 0
       params:
         train.l1: {log_uniform: [1.0e-6, 1.0e-3]}   # also uniform, int_uniform (inclusive), choice
+    sampler: tpe               # optional: the random section's space searched by TPE instead of drawn up front
+    pruner: median             # optional: none (default), median or hyperband, e.g. {median: {n_warmup_steps: 3}}
 
-With both, every random draw is tried at every grid point. Precedence: base file < `set` < `--set` <
-the swept values. Each trial's id is a hash of its complete config. Every error is one line naming the
-file and the key.
+With both grid and random, every draw is tried at every grid point. The draws are Optuna's RandomSampler's
+with the file's seed, made up front: the same file gives the same trials however many processes or machines
+run them. With `sampler: tpe`, `trials` is the number of trials and each one's values come from TPE, which
+learns from the trials before it. Precedence: base file < `set` < `--set` < the searched values. Every error
+is one line naming the file and the key.
 """
 
 from __future__ import annotations
@@ -25,19 +29,29 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mnist_mlp.config import Config, from_dict, load_config, parse_override, read_yaml_mapping
 from mnist_mlp.errors import ConfigError
 
 DEFAULT_VALIDATION_SIZE = 10000  # held out of the end of the training set when the sweep names none
-SWEEP_SECTIONS = ("base", "set", "grid", "random")
+SWEEP_SECTIONS = ("base", "set", "grid", "random", "sampler", "pruner")
 RANDOM_KEYS = ("trials", "seed", "params")
+DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
+# The settings each sampler and pruner takes from the file (Optuna's names; the rest are Optuna's defaults).
+SAMPLER_SETTINGS = {"grid": (), "random": (), "tpe": ("n_startup_trials", "multivariate")}
+PRUNER_SETTINGS = {
+    "none": (),
+    "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor"),
+}
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial or study: the sweep prints its own
 
 
 @dataclass(frozen=True)
@@ -50,17 +64,75 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class Named:
+    """A sampler or pruner by name, with the settings the file gives it."""
+
+    name: str
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Sweep:
-    """A parsed sweep file: the base config every trial starts from and the trials, in file order."""
+    """A parsed sweep file: the base config every trial starts from and what to search.
+
+    grid and random sweeps have every trial listed in `trials` (file order); a TPE sweep has its `space`
+    (the random section's params) and runs `budget` trials chosen as it goes."""
 
     path: Path
     base: Config
     keys: list[str]
     trials: list[Trial]
     notes: list[str]
+    grid: dict[str, list] = field(default_factory=dict)  # the grid's values, repeats dropped
+    draws: list[dict] = field(default_factory=list)  # the random section's draws, repeats dropped
+    space: dict[str, dict] = field(default_factory=dict)  # the random section's params, as written
+    sampler: Named = Named("grid")
+    pruner: Named = Named("none")
+    seed: int = 0
+    tpe_trials: int = 0  # the trials a TPE search runs
+
+    @property
+    def budget(self) -> int:
+        """How many trials the search runs."""
+        return self.tpe_trials if self.sampler.name == "tpe" else len(self.trials)
+
+    def config_for(self, values: dict[str, Any]) -> Config:
+        """The complete config of one setting of the searched keys (ConfigError when invalid)."""
+        return _checked(_apply(self.base, values, str(self.path)), str(self.path))
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """Optuna's distribution for each key of the random section (choices stand in encoded: see encode)."""
+        return {key: distribution(spec) for key, spec in self.space.items()}
+
+    def decode(self, key: str, value: Any) -> Any:
+        """A searched key's value as the config takes it, from the value Optuna holds (see encode)."""
+        if key in self.grid:
+            return _decoded(self.grid[key], value)
+        kind, args = next(iter(self.space[key].items()))
+        return _decoded(args, value) if kind == "choice" else value
 
 
-def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
+def encode(values: list) -> list:
+    """Optuna's categorical choices hold None, bool, int, float and str: other values (lists such as
+    model.hidden) stand in as their JSON text, decoded by position."""
+    return [v if v is None or isinstance(v, bool | int | float | str) else json.dumps(v) for v in values]
+
+
+def _decoded(values: list, value: Any) -> Any:
+    return values[encode(values).index(value)]
+
+
+def distribution(spec: dict) -> BaseDistribution:
+    """Optuna's distribution for {uniform|log_uniform|int_uniform: [low, high]} or {choice: [values]}."""
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        return CategoricalDistribution(encode(args))
+    if kind == "int_uniform":
+        return IntDistribution(args[0], args[1])
+    return FloatDistribution(float(args[0]), float(args[1]), log=kind == "log_uniform")
+
+
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
     """Parse and check a sweep file and build every trial's config; errors are one line naming the file."""
     path = Path(path)
     where = str(path)
@@ -68,15 +140,18 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
     fixed = _mapping(tree.get("set"), f"{where}: set")
     cli = dict(parse_override(item) for item in overrides)
     grid = _grid(tree.get("grid"), where)
-    draws, random_keys = _random_draws(tree.get("random"), where)
-    if not grid and not random_keys:
+    trials_wanted, seed, space = _random_section(tree.get("random"), where)
+    if not grid and not space:
         raise ConfigError(f"{where}: nothing to sweep: give a grid and/or random section")
-    keys = [*grid, *random_keys]
+    keys = [*grid, *space]
     for key in [*fixed, *keys]:
         _check_key(key, where)
     for key in cli:
         _check_key(key, "--set")
-    _check_clashes(where, keys, grid, random_keys, fixed, cli)
+    _check_clashes(where, keys, grid, list(space), fixed, cli)
+    sampler = _named(tree.get("sampler"), SAMPLER_SETTINGS, "random" if space else "grid", f"{where}: sampler")
+    _check_sampler(sampler, grid, space, where)
+    pruner = _named(tree.get("pruner"), PRUNER_SETTINGS, "none", f"{where}: pruner")
 
     base = _apply(_base_config(tree.get("base"), path), fixed, where)
     base = _apply(base, cli, "--set")
@@ -87,18 +162,33 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
             f"validation split: the last {DEFAULT_VALIDATION_SIZE} training images "
             "(the sweep does not set data.validation_size)"
         )
-    trials, duplicates = _build_trials(base, grid, draws, where)
-    if duplicates:
-        notes.append(f"{duplicates} repeated setting(s) dropped (same config as an earlier trial)")
-    return Sweep(path, base, keys, trials, notes)
+    unique_grid = {key: _unique(values) for key, values in grid.items()}
+    draws: list[dict] = []
+    if sampler.name == "tpe":
+        for key, spec in space.items():  # every bound and choice is a valid value on its own
+            for value in _ends(spec):
+                _checked(_apply(base, {key: value}, where), where)
+        trials = []
+    else:
+        draws = _unique(_random_draws(space, trials_wanted, seed)) if space else []
+        trials = _build_trials(base, unique_grid, draws or [{}], where)
+        written = math.prod(len(values) for values in grid.values()) * (trials_wanted if space else 1)
+        if written > len(trials):
+            notes.append(f"{written - len(trials)} repeated setting(s) dropped (same config as an earlier trial)")
+    return Sweep(path, base, keys, trials, notes, unique_grid, draws, space, sampler, pruner, seed, trials_wanted)
 
 
 def trial_id(config: Config) -> str:
     """A short hash of the complete config, leaving out what cannot change results (data folder, threads)."""
+    return hashlib.sha256(json.dumps(comparable(config), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def comparable(config: Config) -> dict:
+    """The config as a dict without what cannot change results: the data folder and the thread count."""
     tree = config.to_dict()
     tree["data"]["dir"] = None
     tree["runtime"]["threads"] = 0
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:10]
+    return tree
 
 
 def _read_sweep_file(path: Path) -> dict:
@@ -142,6 +232,36 @@ def _check_clashes(where: str, keys: list, grid: dict, random_keys: list, fixed:
             raise ConfigError(f"--set {key}: the sweep {where} varies this key; drop the --set")
 
 
+def _named(value: Any, known: dict[str, tuple], default: str, where: str) -> Named:
+    """`name` or {name: {setting: value}}, the name one of `known`, each setting one that name takes."""
+    if value is None:
+        return Named(default)
+    settings: Any = {}
+    if isinstance(value, dict) and len(value) == 1:
+        value, settings = next(iter(value.items()))
+        settings = _mapping(settings, f"{where} {value}")
+    if not isinstance(value, str) or value not in known:
+        raise ConfigError(f"{where} must be one of {', '.join(known)} (or {{name: {{settings}}}}), got {value!r}")
+    for key, setting in settings.items():
+        if key not in known[value]:
+            allowed = ", ".join(known[value]) or "none"
+            raise ConfigError(f"{where} {value}: unknown setting {key} (settings: {allowed})")
+        if not isinstance(setting, int) or (isinstance(setting, bool) and key != "multivariate"):
+            raise ConfigError(f"{where} {value}: {key} must be an integer, got {setting!r}")
+    return Named(value, dict(settings))
+
+
+def _check_sampler(sampler: Named, grid: dict, space: dict, where: str) -> None:
+    if sampler.name == "tpe" and grid:
+        raise ConfigError(f"{where}: sampler tpe searches the random section alone; move the grid keys there as choice")
+    if sampler.name == "tpe" and not space:
+        raise ConfigError(f"{where}: sampler tpe needs a random section (trials, seed and the params to search)")
+    if sampler.name == "grid" and space:
+        raise ConfigError(f"{where}: sampler grid with a random section; say sampler: random (or tpe)")
+    if sampler.name == "random" and not space:
+        raise ConfigError(f"{where}: sampler random needs a random section")
+
+
 def _grid(value: Any, where: str) -> dict[str, list]:
     grid = _mapping(value, f"{where}: grid")
     for key, values in grid.items():
@@ -150,10 +270,10 @@ def _grid(value: Any, where: str) -> dict[str, list]:
     return grid
 
 
-def _random_draws(value: Any, where: str) -> tuple[list[dict], list[str]]:
-    """The random section's draws (seeded, in file order) and its keys; [{}] and [] when there is none."""
+def _random_section(value: Any, where: str) -> tuple[int, int, dict[str, dict]]:
+    """The random section's trials, seed and params (checked); (0, 0, {}) when there is none."""
     if value is None:
-        return [{}], []
+        return 0, 0, {}
     spec = _mapping(value, f"{where}: random")
     unknown = sorted(set(spec) - set(RANDOM_KEYS))
     if unknown:
@@ -166,42 +286,58 @@ def _random_draws(value: Any, where: str) -> tuple[list[dict], list[str]]:
     params = _mapping(spec.get("params"), f"{where}: random params")
     if not params:
         raise ConfigError(f"{where}: random params must name at least one key and its distribution")
-    samplers = {key: _sampler(dist, f"{where}: random {key}") for key, dist in params.items()}
-    rng = np.random.default_rng(seed)
-    draws = [{key: sample(rng) for key, sample in samplers.items()} for _ in range(trials)]
-    return draws, list(params)
+    for key, dist in params.items():
+        _check_distribution(dist, f"{where}: random {key}")
+    return trials, seed, params
 
 
-def _sampler(dist: Any, where: str) -> Callable[[np.random.Generator], Any]:
-    """A draw from {uniform|log_uniform|int_uniform: [low, high]} or {choice: [values]}."""
+def _check_distribution(dist: Any, where: str) -> None:
+    """{uniform|log_uniform|int_uniform: [low, high]} or {choice: [values]}."""
     if not isinstance(dist, dict) or len(dist) != 1:
         raise ConfigError(
             f"{where}: expected one of {{uniform|log_uniform|int_uniform: [low, high]}} or {{choice: [...]}}"
         )
     kind, args = next(iter(dist.items()))
+    if kind not in DISTRIBUTIONS:
+        raise ConfigError(f"{where}: unknown distribution {kind} (uniform, log_uniform, int_uniform, choice)")
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise ConfigError(f"{where}: choice needs a non-empty list of values")
-        return lambda rng: args[int(rng.integers(len(args)))]
-    if kind not in ("uniform", "log_uniform", "int_uniform"):
-        raise ConfigError(f"{where}: unknown distribution {kind} (uniform, log_uniform, int_uniform, choice)")
+        return
     number = _is_int if kind == "int_uniform" else _is_number
     if not (isinstance(args, list) and len(args) == 2 and all(number(a) for a in args) and args[0] <= args[1]):
         kind_of = "integers" if kind == "int_uniform" else "numbers"
         raise ConfigError(f"{where}: {kind} needs [low, high], two {kind_of} with low <= high, got {args!r}")
-    low, high = args
-    if kind == "int_uniform":
-        return lambda rng: int(rng.integers(low, high + 1))
-    if kind == "uniform":
-        return lambda rng: _round(rng.uniform(low, high))
-    if low <= 0:
-        raise ConfigError(f"{where}: log_uniform needs low > 0, got {low!r}")
-    return lambda rng: _round(math.exp(rng.uniform(math.log(low), math.log(high))))
+    if kind == "log_uniform" and args[0] <= 0:
+        raise ConfigError(f"{where}: log_uniform needs low > 0, got {args[0]!r}")
 
 
-def _round(value: float) -> float:
-    """Three significant digits: readable tables and ids, and finer than any rate needs."""
-    return float(f"{value:.3g}")
+def _ends(spec: dict) -> list:
+    """The values at the edges of a distribution: its bounds, or every choice."""
+    return next(iter(spec.values()))
+
+
+def _random_draws(space: dict[str, dict], trials: int, seed: int) -> list[dict]:
+    """`trials` draws from Optuna's RandomSampler with `seed`, each a value per key, made in this process."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    dists = {key: distribution(spec) for key, spec in space.items()}
+    draws = []
+    for _ in range(trials):
+        params = study.ask(dists).params
+        draws.append({key: _decoded(spec["choice"], params[key]) if "choice" in spec else params[key]
+                      for key, spec in space.items()})  # fmt: skip
+    return draws
+
+
+def _unique(values: list) -> list:
+    """The values in order, each once (compared as JSON, so lists and dicts work)."""
+    seen, kept = set(), []
+    for value in values:
+        text = json.dumps(value, sort_keys=True)
+        if text not in seen:
+            seen.add(text)
+            kept.append(value)
+    return kept
 
 
 def _is_int(value: Any) -> bool:
@@ -235,21 +371,21 @@ def _apply(config: Config, values: dict[str, Any], where: str) -> Config:
     return from_dict(tree, where)
 
 
-def _build_trials(base: Config, grid: dict, draws: list[dict], where: str) -> tuple[list[Trial], int]:
-    """Every grid point with every random draw, in file order; repeated configs are kept once."""
-    trials, seen = [], set()
+def _checked(config: Config, where: str) -> Config:
+    if config.data.validation_size == 0:
+        raise ConfigError(
+            f"{where}: data.validation_size is 0: a sweep chooses on a validation split held out of "
+            "the training set, never on the test set; set it above 0 (e.g. 10000)"
+        )
+    return config
+
+
+def _build_trials(base: Config, grid: dict, draws: list[dict], where: str) -> list[Trial]:
+    """Every grid point with every random draw, in file order (the values and draws are each unique)."""
+    trials = []
     for point in itertools.product(*grid.values()):
         for draw in draws:
             values = {**dict(zip(grid, point, strict=True)), **draw}
-            config = _apply(base, values, where)
-            if config.data.validation_size == 0:
-                raise ConfigError(
-                    f"{where}: data.validation_size is 0: a sweep chooses on a validation split held out of "
-                    "the training set, never on the test set; set it above 0 (e.g. 10000)"
-                )
-            ident = trial_id(config)
-            if ident not in seen:
-                seen.add(ident)
-                trials.append(Trial(ident, values, config))
-    duplicates = len(list(itertools.product(*grid.values()))) * len(draws) - len(trials)
-    return trials, duplicates
+            config = _checked(_apply(base, values, where), where)
+            trials.append(Trial(trial_id(config), values, config))
+    return trials

@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +22,8 @@ from mnist_mlp import native_stderr_silenced
 from mnist_mlp.augment import epoch_shifts, shift_images
 from mnist_mlp.config import Config, TrainConfig
 from mnist_mlp.data import N_CLASSES, Split
-from mnist_mlp.device import Device, as_computed_on, prepare_xla_cpu
-from mnist_mlp.errors import ConfigError
+from mnist_mlp.device import Device, prepare_xla_cpu
+from mnist_mlp.errors import ConfigError, GpuFailure, describe_error
 from mnist_mlp.gradients import loss_gradients
 from mnist_mlp.model import MLP, N_PIXELS, active_units, cross_entropy, forward, one_hot_rows, to_rows
 from mnist_mlp.optimizers import make_optimizer
@@ -33,6 +33,19 @@ from mnist_mlp.results import Evaluation
 # are all it adds to memory. With 10,000 images, and chunks in flight together, an evaluation took 110-250 MB more at
 # its peak and was no faster (docs/performance.md).
 EVAL_CHUNK = 2000
+
+
+@contextlib.contextmanager
+def failures_of(device: Device) -> Iterator[None]:
+    """A TensorFlow error raised by a GPU (a kernel it lacks, an internal error, its memory running out)
+    as GpuFailure, which `runtime.device: auto` answers by going on on the CPU; the CPU's errors stay as
+    they are."""
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        if device.kind != "gpu":
+            raise
+        raise GpuFailure(device.name, describe_error(exc)) from exc
 
 
 class Diverged(Exception):
@@ -86,9 +99,8 @@ class Trainer:
         self.batch_size = config.train.batch_size
         check_batches(config.train, len(train))
         self.steps_per_epoch = len(train) // self.batch_size  # the remainder waits for another shuffle
-        with tf.device(device.name):
+        with failures_of(device), tf.device(device.name):
             self.model = MLP(config.model, config.seed)
-            self.model.activation = as_computed_on(device.name, self.model.activation)  # see device.py
             self.optimizer = make_optimizer(config.train, self.params)  # its slots, if any, on the device too
             self.images, self.labels = self.to_device(train)
         if device.jit_compile:
@@ -106,7 +118,7 @@ class Trainer:
 
     def to_device(self, split: Split) -> tuple[tf.Tensor, tf.Tensor]:
         """A split's uint8 images [N, 784] and labels [N] as tensors on the training device."""
-        with tf.device(self.device.name):
+        with failures_of(self.device), tf.device(self.device.name):
             return tf.constant(split.images.reshape(len(split), -1)), tf.constant(split.labels)
 
     @property
@@ -114,17 +126,23 @@ class Trainer:
         """What the optimizer updates: W^1 … W^L, then W0^1 … W0^L (the order of loss_gradients' results)."""
         return self.model.W + self.model.W0
 
+    def forward_backward(self, X: tf.Tensor, y: tf.Tensor) -> tuple[list[tf.Tensor], tf.Tensor, tf.Tensor, list]:
+        """What a step computes before its update, from Xᵀ and yᵀ (rows): the activations H, the logits, the
+        batch loss and the gradients g = ∇W + λ·sign(W) in `params` order (the GPU check compares them all)."""
+        cfg = self.config.train
+        H, logits = forward(self.model, X)
+        loss = cross_entropy(logits, y)
+        grad_W, grad_W0 = loss_gradients(self.model, H, logits, y, cfg.l1, cfg.l1_biases)
+        return H, logits, loss, grad_W + grad_W0
+
     def step(self, images: tf.Tensor, labels: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
         """One mini-batch: forward, hand-written backprop, the optimizer's update; returns the batch loss."""
-        cfg = self.config.train
         with tf.device(self.device.name):  # else, on a Mac with runtime.device=cpu, ops could land on the GPU
             X, y = to_rows(images), one_hot_rows(labels)
-            H, logits = forward(self.model, X)
-            loss = cross_entropy(logits, y)
-            grad_W, grad_W0 = loss_gradients(self.model, H, logits, y, cfg.l1, cfg.l1_biases)
+            _, _, loss, grads = self.forward_backward(X, y)
             # The optimizer's update, e.g. SGD's W ← W − α(∇W + λ·sign(W)) (optimizers.py)
-            self.optimizer.apply_gradients(zip(grad_W + grad_W0, self.params, strict=True), lr)
-            if cfg.loss_after_update:  # the report's way: the batch's loss again, on the new weights
+            self.optimizer.apply_gradients(zip(grads, self.params, strict=True), lr)
+            if self.config.train.loss_after_update:  # the report's way: the batch's loss again, on the new weights
                 loss = cross_entropy(forward(self.model, X)[1], y)
             return loss
 
@@ -173,42 +191,53 @@ class Trainer:
         """Run `count` steps of `epoch` in one compiled call; returns the summed batch loss (a sync point)."""
         first_step, count, epoch = (tf.constant(n, tf.int32) for n in (first_step, count, epoch))
         args = (first_step, count, tf.constant(lr, tf.float32), epoch)
-        with native_stderr_silenced() if self.device.jit_compile else contextlib.nullcontext():  # XLA's C++ log
+        xla_log_silenced = native_stderr_silenced() if self.device.jit_compile else contextlib.nullcontext()
+        with xla_log_silenced, failures_of(self.device):
             return float(self.train_steps(self.images, self.labels, order, *args))
 
     def evaluate(self, images: tf.Tensor, labels: tf.Tensor) -> Evaluation:
         """Mean loss, predictions, confusion matrix and the hidden units ever active, over a split held on the
         device: one compiled call."""
-        loss_sum, confusion, predictions, active = self.evaluate_split(images, labels)
-        n = int(labels.shape[0])
-        active = tuple(a.numpy() for a in active)
-        return Evaluation(float(loss_sum) / n, predictions.numpy(), confusion.numpy().astype(np.int64), active)
+        with failures_of(self.device):
+            loss_sums, confusion, predictions, active = self.evaluate_split(images, labels)
+            loss_sum = float(np.sum(loss_sums.numpy(), dtype=np.float64))  # the chunks' float32 sums, added here
+            active = tuple(a.numpy() for a in active)
+            predictions, confusion = predictions.numpy(), confusion.numpy().astype(np.int64)
+        return Evaluation(loss_sum / int(labels.shape[0]), predictions, confusion, active)
 
     def _evaluate_split(self, images: tf.Tensor, labels: tf.Tensor) -> tuple:
-        """The summed loss, confusion counts, predicted digits and active units, in chunks of EVAL_CHUNK images."""
+        """Each chunk's summed loss, the confusion counts, the predicted digits and the active units, in chunks
+        of EVAL_CHUNK images. Only float32, int32 and bool on the device: Metal has no float64."""
         n = tf.shape(labels)[0]
         chunks = (n + EVAL_CHUNK - 1) // EVAL_CHUNK
 
-        def one_chunk(i, loss_sum, confusion, predictions, active):
+        def one_chunk(i, loss_sums, confusion, predictions, active):
             x, y = images[i * EVAL_CHUNK : (i + 1) * EVAL_CHUNK], labels[i * EVAL_CHUNK : (i + 1) * EVAL_CHUNK]
             Y = one_hot_rows(y)
             H, logits = forward(self.model, to_rows(x))
             predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
             M = tf.cast(tf.shape(y)[0], tf.float32)
-            loss_sum += tf.cast(cross_entropy(logits, Y) * M, tf.float64)
             # Counts as Y Pᵀ of one-hot columns, from rows: exact in float32 (< 2^24 images), a kernel every device has.
-            confusion += tf.matmul(Y, one_hot_rows(predicted), transpose_a=True)
+            confusion += tf.matmul(Y, one_hot_rows(predicted), transpose_a=True, name="confusion")
             active = [a | chunk for a, chunk in zip(active, active_units(H), strict=True)]
-            return i + 1, loss_sum, confusion, predictions.write(i, predicted), active
+            return (
+                i + 1,
+                loss_sums.write(i, cross_entropy(logits, Y) * M),
+                confusion,
+                predictions.write(i, predicted),
+                active,
+            )
 
         with tf.device(self.device.name):
             none_active = [tf.zeros([size], tf.bool) for size in self.model.sizes[1:-1]]
-            start = (0, tf.constant(0.0, tf.float64), tf.zeros([N_CLASSES, N_CLASSES]))
+            loss_sums = tf.TensorArray(tf.float32, size=chunks)
             found = tf.TensorArray(tf.int32, size=chunks, infer_shape=False)
-            _, loss_sum, confusion, found, active = tf.while_loop(
-                lambda i, *_: i < chunks, one_chunk, [*start, found, none_active], parallel_iterations=1
+            start = [0, loss_sums, tf.zeros([N_CLASSES, N_CLASSES]), found, none_active]
+            _, loss_sums, confusion, found, active = tf.while_loop(
+                lambda i, *_: i < chunks, one_chunk, start, parallel_iterations=1
             )
-            return loss_sum, tf.cast(confusion, tf.int32), found.concat(), active
+            # Rounded, not truncated: a count off by a rounding (a GPU's float32 sum of ones) is still a count.
+            return loss_sums.stack(), tf.cast(tf.round(confusion), tf.int32), found.concat(), active
 
 
 @dataclass

@@ -147,10 +147,10 @@ def test_running_out_of_memory_while_training_is_one_line_exit_1_and_leaves_noth
     assert not (in_tmp / "runs").exists() or not any((in_tmp / "runs").iterdir())
 
 
-def test_resume_continues_a_finished_run_and_lets_only_train_epochs_change(in_tmp, capsys):
+def test_resume_continues_a_finished_run_and_lets_only_train_epochs_and_the_device_change(in_tmp, capsys):
     assert train(capsys, "--out", "run", *TINY)[0] == 0
     status, err = train(capsys, "--resume", "run", "--set", "train.l1=0")
-    assert status == 2 and "--set train.l1=0: only train.epochs can change when resuming" in err
+    assert status == 2 and "--set train.l1=0: only train.epochs and runtime.device can change when resuming" in err
     status, err = train(capsys, "--resume", "run")
     assert status == 2 and "already finished (1 epochs)" not in err and "add --set train.epochs=N with N > 1" in err
     assert train(capsys, "--resume", "run", "--set", "train.epochs=2", "--quiet")[0] == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mnist_mlp.cli import main
-from mnist_mlp.config import Config, config_yaml, load_config
+from mnist_mlp.config import Config, config_yaml, load_config, load_yaml
 from mnist_mlp.errors import ConfigError
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -62,6 +62,58 @@ def test_set_overrides_parse_yaml_values():
 
 def test_integer_is_accepted_for_a_float():
     assert load_config(None, ["train.learning_rate=1"]).train.learning_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    "text, number", [("1e-3", 1e-3), ("5E-2", 0.05), ("1e-5", 1e-5), (".5", 0.5), ("1.0e5", 1e5), ("+2e-1", 0.2)]
+)
+def test_numbers_as_people_write_them_are_floats(tmp_path, text, number):
+    """YAML 1.1 (PyYAML) reads 1e-3 as a string; configs, --set and sweep files read it as the number it is."""
+    assert load_config(None, [f"train.l1={text}"]).train.l1 == number
+    assert load_config(write(tmp_path, f"train:\n  l1: {text}\n")).train.l1 == number
+    assert type(load_yaml(text)) is float
+
+
+def test_negative_numbers_in_e_notation_are_floats_too():
+    assert load_yaml("[-1e-3, -.5, -2E+2]") == [-0.001, -0.5, -200.0]
+
+
+def test_integers_and_strings_stay_what_they_were():
+    assert load_yaml("a: 3\nb: 1_000\nc: 1e\nd: e5\ne: 1e-3x\nf: '1e-3'\ng: he") == {
+        "a": 3, "b": 1000, "c": "1e", "d": "e5", "e": "1e-3x", "f": "1e-3", "g": "he"
+    }  # fmt: skip
+
+
+def test_a_learning_rate_in_e_notation_is_recorded_as_a_float(tmp_path):
+    config = load_config(None, ["train.learning_rate=1e-3", "train.l1=5E-2"])
+    text = config_yaml(config)
+    assert "learning_rate: 0.001\n" in text and "l1: 0.05\n" in text
+    (tmp_path / "c.yaml").write_text(text)
+    assert load_config(tmp_path / "c.yaml") == config
+
+
+def test_strings_that_look_like_numbers_are_written_quoted_and_read_back_as_strings(tmp_path):
+    config = load_config(None, ["data.dir='1e5'"])
+    assert config.data.dir == "1e5"
+    (tmp_path / "c.yaml").write_text(config_yaml(config))
+    assert load_config(tmp_path / "c.yaml").data.dir == "1e5"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.learning_rate=1e-3x", "train.learning_rate must be a number, got '1e-3x'"),
+        ("train.learning_rate='1e-3'", "train.learning_rate must be a number, got '1e-3'"),
+        ("model.init=1e-3", "model.init must be 'normal' or 'uniform' or 'he', got 0.001"),
+        ("data.dir=1e5", "data.dir must be a string or null, got 100000.0"),
+        ("train.epochs=1e1", "train.epochs must be an integer, got 10.0"),
+        ("train.learning_rate=-1e-3", "train.learning_rate must be a positive number, got -0.001"),
+    ],
+)
+def test_wrong_kinds_of_value_keep_their_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [override])
+    assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_saved_config_loads_back_equal(tmp_path):

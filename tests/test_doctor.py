@@ -4,9 +4,11 @@ tests/test_gpu_check.py runs it on the stand-in GPU)."""
 from __future__ import annotations
 
 import json
+import os
 
 from mnist_mlp import doctor
 from mnist_mlp.cli import main
+from tests.conftest import REPO, run_cli
 
 KEYS = {"python", "tensorflow", "keras", "tensorflow_metal", "platform", "devices", "data", "gpu_check",
         "device_choice", "recommendation", "problems", "step_seconds"}  # fmt: skip
@@ -42,9 +44,28 @@ def test_the_text_report_gives_each_batch_sizes_step_times():
         "tensorflow": "2.19.1", "keras": "3.10.0", "tensorflow_metal": "1.2.0", "devices": ["/CPU:0", "/GPU:0"],
         "gpu": "/GPU:0", "standin_gpu": None, "data": "IDX files in /d", "gpu_check": "ok",
         "step_seconds": {"50": {"cpu": 0.0005, "gpu": 0.0031}, "512": {"cpu": 0.004, "gpu": 0.002}},
-        "check_seconds": {"50": 1.9, "512": 1.2}, "device_choice": "cpu", "recommendation": "r", "problems": [],
+        "check_seconds": {"50": 1.9, "512": 1.2}, "device_choice": "cpu", "checked_batch_size": 50,
+        "recommendation": "r", "problems": [],
     }  # fmt: skip
     text = doctor.format_report(report)
     assert "batch 50     a training step takes 0.50 ms on the CPU, 3.10 ms on the GPU (6.2x slower)" in text
     assert "batch 512    a training step takes 4.00 ms on the CPU, 2.00 ms on the GPU (2.0x faster)" in text
     assert text.endswith("problems     none")
+
+
+def test_a_plugin_that_fails_to_load_is_one_warning_line_the_cpu_and_a_problem(tmp_path):
+    """A broken Metal plugin (here a file that is no library) in a site-packages' tensorflow-plugins makes
+    TensorFlow's own import raise; the project says so in one line and goes on with TensorFlow on the CPU."""
+    plugins = tmp_path / "site-packages" / "tensorflow-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "libmetal_plugin.so").write_bytes(b"not a library")
+    done = run_cli(tmp_path, "doctor", "--json", PYTHONPATH=f"{REPO}{os.pathsep}{plugins.parent}")
+    assert done.returncode == 1, done.stderr
+    (warning,) = done.stderr.splitlines()
+    assert warning.startswith("warning: a TensorFlow plugin failed to load (NotFoundError: ")
+    assert warning.endswith(
+        "libmetal_plugin.so: file too short); reinstall: make clean && make install; going on without it, on the CPU"
+    )
+    report = json.loads(done.stdout)
+    assert report["devices"] == ["/CPU:0"] and report["gpu_check"] == "no gpu"
+    assert report["problems"][0].startswith("a TensorFlow plugin failed to load (NotFoundError: ")

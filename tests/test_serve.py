@@ -5,6 +5,7 @@ The server runs in a thread of the test process, on a free port, in front of con
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import io
 import json
@@ -30,7 +31,7 @@ from mnist_mlp.errors import UserError
 from mnist_mlp.images import load_digit
 from mnist_mlp.predict import load_model
 from mnist_mlp.rundir import SAVED_MODEL, RunDir
-from mnist_mlp.serve import MAX_BODY, PAGE, TOP_UNITS, make_server
+from mnist_mlp.serve import MAX_BODY, PAGE, SIGNIFICANT_DIGITS, TOP_UNITS, accepts_gzip, make_server
 from tests.conftest import child_env
 
 
@@ -116,14 +117,63 @@ def test_predict_answers_like_predict_json_and_shows_the_networks_insides(url, r
     W, W0 = [w.numpy() for w in model.W], [b.numpy()[:, 0] for b in model.W0]
     h1 = np.maximum(W[0].T @ (image.reshape(-1) / 255.0) + W0[0], 0)  # H^1 = φ((W^1)ᵀ X + W0^1)
     h2 = np.maximum(W[1].T @ h1 + W0[1], 0)
-    np.testing.assert_allclose(served["hidden"][0], h1, atol=1e-4)
-    np.testing.assert_allclose(served["hidden"][1], h2, atol=1e-4)
+    np.testing.assert_allclose(served["hidden"][0], h1, rtol=5e-4, atol=1e-6)  # 4 significant digits
+    np.testing.assert_allclose(served["hidden"][1], h2, rtol=5e-4, atol=1e-6)
     units = served["top_units"]
     assert [u["unit"] for u in units] == list(np.argsort(-h1, kind="stable")[: len(units)])
     assert len(units) == min(TOP_UNITS, int((h1 > 0).sum())) and all(u["activation"] > 0 for u in units)
     for unit in units:
-        np.testing.assert_allclose(unit["weights"], W[0][:, unit["unit"]], atol=1e-4)
-        assert unit["activation"] == pytest.approx(h1[unit["unit"]], abs=1e-4)
+        assert set(unit) == {"unit", "activation"}  # their weights: GET /api/weights, once
+        assert unit["activation"] == pytest.approx(h1[unit["unit"]], rel=5e-4)
+
+
+def significant_digits(value: float) -> int:
+    return len(f"{abs(value):e}".split("e")[0].replace(".", "").rstrip("0")) if value else 0
+
+
+def test_an_answer_carries_floats_only_to_four_significant_digits(url, tmp_path):
+    """What the page can show, and JSON then prints short: 134 KB per stroke before, a few KB now."""
+    body = png(scribble(3))
+    status, _, served = post_image(url, body)
+    assert status == 200 and served["digit"] is not None
+    floats = [v for layer in served["hidden"] for v in layer] + [u["activation"] for u in served["top_units"]]
+    assert floats and max(map(significant_digits, floats)) <= SIGNIFICANT_DIGITS
+    assert any(significant_digits(v) == SIGNIFICANT_DIGITS for v in floats)  # rounded, not truncated further
+    assert len(json.dumps(served, separators=(",", ":"))) < 8_000
+
+
+def test_the_first_layers_weights_come_once_unit_by_unit_to_four_significant_digits(url, random_run):
+    status, headers, served = request(url, "/api/weights")
+    assert status == 200 and headers["Content-Type"] == "application/json" and served["layer"] == 1
+    model, _ = load_model(RunDir.open(random_run))
+    W1 = model.W[0].numpy()
+    weights = np.array(served["weights"])
+    assert weights.shape == (W1.shape[1], 784)  # unit j: column j of W^1, row after row of the image
+    np.testing.assert_allclose(weights, W1.T, rtol=5e-4, atol=0)
+    assert max(significant_digits(w) for w in weights.ravel()[:5000]) <= SIGNIFICANT_DIGITS
+
+
+def test_a_browser_gets_the_weights_gzipped_a_script_as_plain_json(url):
+    where = urlsplit(url)
+    bodies = {}
+    for accept in ("gzip, deflate, br, zstd", None):
+        connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+        connection.request("GET", "/api/weights", headers={"Accept-Encoding": accept} if accept else {})
+        response = connection.getresponse()
+        bodies[accept] = (response.getheader("Content-Encoding"), response.read())
+        connection.close()
+    (encoding, zipped), (plain_encoding, plain) = bodies.values()
+    assert encoding == "gzip" and plain_encoding is None
+    assert gzip.decompress(zipped) == plain and len(zipped) < len(plain) / 2
+
+
+@pytest.mark.parametrize(
+    "header, takes",
+    [("gzip", True), ("deflate, gzip;q=0.8", True), ("*", True), ("", False), ("br, deflate", False),
+     ("gzip;q=0", False), ("identity", False)],
+)  # fmt: skip
+def test_accept_encoding_is_read_as_http_means_it(header, takes):
+    assert accepts_gzip(header) is takes
 
 
 def test_jpeg_and_dark_on_light_or_light_on_dark_all_work(url, random_run, tmp_path, capsys):
@@ -219,6 +269,7 @@ def test_a_post_without_content_length_gets_411(url):
         ("PUT", "/api/predict", 405, "POST"),
         ("POST", "/", 405, "GET, HEAD"),
         ("DELETE", "/api/run", 405, "GET, HEAD"),
+        ("POST", "/api/weights", 405, "GET, HEAD"),
     ],
 )
 def test_unknown_paths_get_404_and_wrong_methods_405(url, method, path, status, allow):

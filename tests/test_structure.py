@@ -13,8 +13,8 @@ from tests.conftest import child_env
 
 PACKAGE = Path(mnist_mlp.__file__).parent
 # `mnist-mlp plot` and the sweep report need no TensorFlow; neither does describing a run.
-TENSORFLOW_FREE = ("config", "data", "history", "plot_worker", "plots", "progress", "results", "rundir", "sweep_file",
-                   "sweep_report", "versions")  # fmt: skip
+TENSORFLOW_FREE = ("config", "data", "history", "plot_worker", "plots", "progress", "results", "rundir", "study",
+                   "sweep_file", "sweep_report", "versions")  # fmt: skip
 
 
 def package_imports(path: Path) -> set[str]:

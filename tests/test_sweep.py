@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,9 @@ from mnist_mlp.cli import main
 from mnist_mlp.config import Config, load_config
 from mnist_mlp.data import Mnist, split
 from mnist_mlp.errors import ConfigError, UserError
-from mnist_mlp.sweep import finished_status, run_sweep, threads_per_worker
+from mnist_mlp.run import Interrupted
+from mnist_mlp.study import Place, open_storage, sweep_place
+from mnist_mlp.sweep import run_sweep, threads_per_worker
 from mnist_mlp.sweep_file import load_sweep, trial_id
 from mnist_mlp.sweep_report import best_per_value
 from tests.conftest import synthetic_mnist
@@ -47,6 +51,22 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(file))
 
 
+def place(out: Path, study: str = "sweep") -> Place:
+    """The sweep folder `out` with its default study database, out/study.db."""
+    return sweep_place(out, None, study)
+
+
+def results(rows: list[dict]) -> list[dict]:
+    """trials.csv rows without what differs between two runs of the same trials: time, study number, folder."""
+    return [{k: v for k, v in row.items() if k not in ("train_seconds", "number", "folder")} for row in rows]
+
+
+def trials_of(out: Path, study: str = "sweep") -> list:
+    import optuna
+
+    return optuna.load_study(study_name=study, storage=open_storage(place(out).url)).trials
+
+
 # ---------------------------------------------------------------------------------------------------
 # The sweep file
 
@@ -64,6 +84,20 @@ def test_grid_is_every_combination_in_file_order(tmp_path):
     ]
     assert sweep.trials[3].config.train.learning_rate == 0.1 and sweep.trials[3].config.model.init == "normal"
     assert sweep.trials[3].config.model.hidden == [16, 12]  # the fixed `set` applies to every trial
+
+
+def test_numbers_in_e_notation_are_floats_in_a_sweep_file(tmp_path):
+    """Written by hand, as people write rates: 1e-5 in a grid, a distribution's bounds and `set`."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "set:\n  train.epochs: 2\n  train.momentum: 5E-1\n"
+        "grid:\n  train.l1: [0, 1e-5]\n"
+        "random:\n  trials: 2\n  params:\n    train.learning_rate: {log_uniform: [1e-3, .5]}\n"
+    )
+    sweep = load_sweep(path, ["train.epsilon=1e-8"])
+    assert [t.values["train.l1"] for t in sweep.trials] == [0.0, 0.0, 1e-5, 1e-5]
+    assert all(1e-3 <= t.config.train.learning_rate <= 0.5 for t in sweep.trials)
+    assert {(t.config.train.momentum, t.config.train.epsilon) for t in sweep.trials} == {(0.5, 1e-8)}
 
 
 def test_random_draws_are_seeded_and_within_bounds(tmp_path):
@@ -145,6 +179,17 @@ def test_without_a_validation_size_the_sweep_holds_out_10000(tmp_path):
         ({"set": {"train.epochs": 1}}, [], "nothing to sweep"),
         ({"grid": {"train.l1": [0.0]}, "trials": 3}, [], "unknown section trials"),
         ({"base": "missing.yaml", "grid": {"train.l1": [0.0]}}, [], "base config"),
+        ({"grid": {"train.l1": [0.0]}, "sampler": "bogus"}, [], "sampler must be one of grid, random, tpe"),
+        ({"grid": {"train.l1": [0.0]}, "sampler": "tpe"}, [], "sampler tpe searches the random section alone"),
+        ({"set": {"train.l1": 0.0}, "sampler": "tpe"}, [], "nothing to sweep"),
+        ({"grid": {"train.l1": [0.0]}, "pruner": "fast"}, [], "pruner must be one of none, median, hyperband"),
+        ({"grid": {"train.l1": [0.0]}, "pruner": {"median": {"bogus": 1}}}, [], "pruner median: unknown setting bogus"),
+        ({"grid": {"train.l1": [0.0]}, "pruner": {"median": {"n_warmup_steps": "x"}}}, [], "must be an integer"),
+        (
+            {"random": {"trials": 2, "params": {"train.learning_rate": {"uniform": [-1.0, 0.1]}}}, "sampler": "tpe"},
+            [],
+            "train.learning_rate must be a positive number",
+        ),
     ],
 )
 def test_bad_sweep_files_are_one_line_errors(tmp_path, spec, overrides, says):
@@ -205,16 +250,18 @@ def test_a_two_trial_sweep_writes_its_outputs_and_records_divergence(tmp_path, t
     sweep = load_sweep(two_trials)
     out = tmp_path / "out"
     printed = io.StringIO()
-    best = run_sweep(sweep, out, stream=printed, load=synthetic_loader)
+    best = run_sweep(sweep, place(out), stream=printed, load=synthetic_loader)
 
     rows = read_csv(out / "trials.csv")
-    assert [r["trial"] for r in rows] == [t.id for t in sweep.trials]
+    assert [r["trial"] for r in rows] == [t.id for t in sweep.trials]  # the file's order, whatever ran first
     good, diverged = rows
     assert good["status"] in ("finished", "converged") and good["rank"] == "1"
     assert float(good["validation_accuracy"]) >= 0 and float(good["test_accuracy"]) >= 0
     assert good["train.learning_rate"] == "0.05" and int(good["epochs"]) == 2
     assert diverged["status"] == "diverged" and diverged["rank"] == ""
     assert best[0]["trial"] == sweep.trials[0].id
+    assert good["folder"] == str((out / "trials" / good["trial"]).resolve()) and good["host"]
+    assert (out / "study.db").is_file()
 
     chosen = load_config(out / "best.yaml")  # a complete config, usable as --config
     assert chosen == sweep.trials[0].config
@@ -227,6 +274,8 @@ def test_a_two_trial_sweep_writes_its_outputs_and_records_divergence(tmp_path, t
     lines = printed.getvalue().splitlines()
     assert sum(line.startswith("[") for line in lines) == 2  # one progress line per trial
     assert any("diverged" in line and "| best:" in line for line in lines)
+    states = [t.state.name for t in trials_of(out)]
+    assert states == ["COMPLETE", "COMPLETE"]
 
 
 def test_best_per_value_takes_the_best_usable_trial_of_each_value():
@@ -246,6 +295,7 @@ def test_best_per_value_takes_the_best_usable_trial_of_each_value():
         row("c", "sgd", 0.97),
         row("d", "adam", 0.99, "diverged"),
         row("e", "momentum", 0.93),
+        row("f", "momentum", 0.995, "pruned"),
     ]
     assert [r["trial"] for r in best_per_value(rows, "train.optimizer")] == ["c", "b", "e"]
 
@@ -253,9 +303,8 @@ def test_best_per_value_takes_the_best_usable_trial_of_each_value():
 def test_with_two_swept_keys_the_first_one_gets_curves_per_value(tmp_path):
     grid = {"train.optimizer": ["adam", "sgd"], "train.learning_rate": [0.003, 0.05]}
     out = tmp_path / "out"
-    run_sweep(
-        load_sweep(write_sweep(tmp_path, {"set": TINY, "grid": grid})), out, stream=io.StringIO(), load=synthetic_loader
-    )
+    sweep = load_sweep(write_sweep(tmp_path, {"set": TINY, "grid": grid}))
+    run_sweep(sweep, place(out), stream=io.StringIO(), load=synthetic_loader)
     assert (out / "plots" / "learning_curves_by_optimizer.png").read_bytes()[:4] == b"\x89PNG"
     assert "plots/learning_curves_by_optimizer.png" in (out / "summary.md").read_text()
 
@@ -263,7 +312,7 @@ def test_with_two_swept_keys_the_first_one_gets_curves_per_value(tmp_path):
 def test_resuming_repeats_no_finished_trial(tmp_path, two_trials, monkeypatch):
     sweep = load_sweep(two_trials)
     out = tmp_path / "out"
-    run_sweep(sweep, out, stream=io.StringIO(), load=synthetic_loader)
+    run_sweep(sweep, place(out), stream=io.StringIO(), load=synthetic_loader)
     before = (out / "trials.csv").read_text()
 
     def must_not_run(*args, **kwargs):
@@ -271,78 +320,201 @@ def test_resuming_repeats_no_finished_trial(tmp_path, two_trials, monkeypatch):
 
     monkeypatch.setattr(sweep_module, "run_trial", must_not_run)
     printed = io.StringIO()
-    run_sweep(load_sweep(two_trials), out, stream=printed, load=synthetic_loader)
+    run_sweep(load_sweep(two_trials), place(out), stream=printed, load=synthetic_loader)
     assert "2 already done, 0 to run" in printed.getvalue()
     assert (out / "trials.csv").read_text() == before
+    assert len(trials_of(out)) == 2
 
 
-def test_an_unfinished_trial_is_run_again_from_scratch(tmp_path, two_trials):
-    sweep = load_sweep(two_trials)
+def test_an_interrupted_trial_is_queued_again_and_run_from_scratch_on_resume(tmp_path, monkeypatch):
+    path = write_sweep(tmp_path, {"set": TINY, "grid": {"train.learning_rate": [0.05, 0.1, 0.2]}})
+    sweep = load_sweep(path)
+    run_sweep(sweep, place(tmp_path / "ref"), stream=io.StringIO(), load=synthetic_loader)
+
+    real_run_trial, calls = sweep_module.run_trial, []
+
+    def interrupted_in_the_second(run_dir, config, listeners, load=None):
+        calls.append(run_dir.name)
+        if len(calls) == 2:  # after an epoch, as Ctrl-C would: a partial folder is left behind
+            real_run_trial(run_dir, config.replace(**{"train.epochs": 1}), listeners, load)
+            raise Interrupted(2, "interrupted")
+        return real_run_trial(run_dir, config, listeners, load)
+
+    monkeypatch.setattr(sweep_module, "run_trial", interrupted_in_the_second)
     out = tmp_path / "out"
-    run_sweep(sweep, out, stream=io.StringIO(), load=synthetic_loader)
-    before = read_csv(out / "trials.csv")
-    interrupted = out / "trials" / sweep.trials[0].id
-    (interrupted / "metrics.json").unlink()  # as if killed before the trial finished
-    assert finished_status(interrupted) is None
+    with pytest.raises(Interrupted):
+        run_sweep(sweep, place(out), stream=io.StringIO(), load=synthetic_loader)
+    assert [t.state.name for t in trials_of(out)] == ["COMPLETE", "FAIL", "WAITING"]  # the retry waits
 
     printed = io.StringIO()
-    run_sweep(sweep, out, stream=printed, load=synthetic_loader)
-    assert "1 already done, 1 to run" in printed.getvalue()
-    after = read_csv(out / "trials.csv")
-    results = [c for c in before[0] if c != "train_seconds"]
-    assert [{c: r[c] for c in results} for r in after] == [{c: r[c] for c in results} for r in before]
+    run_sweep(sweep, place(out), stream=printed, load=synthetic_loader)
+    assert "1 already done, 2 to run" in printed.getvalue()
+    assert calls[2] == calls[1]  # the interrupted trial first, into its own folder, from scratch
+    assert results(read_csv(out / "trials.csv")) == results(read_csv(tmp_path / "ref" / "trials.csv"))
+    states = [t.state.name for t in trials_of(out)]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
+    assert "1 trial(s) stopped unfinished" in (out / "summary.md").read_text()
+
+
+def test_a_pruned_trial_stops_keeps_its_folder_and_is_reported_as_pruned(tmp_path, monkeypatch):
+    import optuna
+
+    class PruneTheSlowRate(optuna.pruners.BasePruner):
+        """Prunes the trial at α = 0.001 after its second epoch (the real pruners are tested on MNIST)."""
+
+        def prune(self, study, trial) -> bool:
+            return trial.params["train.learning_rate"] == 0.001 and trial.last_step == 2
+
+    monkeypatch.setattr("mnist_mlp.study.pruner_for", lambda sweep: PruneTheSlowRate())
+    spec = {"set": {**TINY, "train.epochs": 4}, "grid": {"train.learning_rate": [0.05, 0.001]}}
+    sweep = load_sweep(write_sweep(tmp_path, spec))
+    out = tmp_path / "out"
+    printed = io.StringIO()
+    run_sweep(sweep, place(out), stream=printed, load=synthetic_loader)
+
+    good, pruned = read_csv(out / "trials.csv")
+    assert (good["status"], good["epochs"], good["rank"]) == ("finished", "4", "1")
+    assert (pruned["status"], pruned["epochs"], pruned["rank"]) == ("pruned", "2", "")
+    folder = out / "trials" / pruned["trial"]
+    assert len((folder / "history.csv").read_text().splitlines()) == 3  # header and two epochs
+    assert json.loads((folder / "metrics.json").read_text())["status"] == "pruned"
+    assert (folder / "checkpoints").is_dir()
+    assert "pruned after 2 epochs" in printed.getvalue()
+    summary = (out / "summary.md").read_text()
+    assert "1 pruned" in summary and "epochs trained: 6; pruning left out 2 more" in summary
+    assert [t.state.name for t in sorted(trials_of(out), key=lambda t: t.params["train.learning_rate"])] == [
+        "PRUNED",
+        "COMPLETE",
+    ]
+
+
+def test_tpe_runs_its_budget_with_values_in_the_space(tmp_path):
+    spec = {
+        "set": {k: v for k, v in TINY.items() if k != "model.hidden"},
+        "random": {
+            "trials": 4,
+            "seed": 5,
+            "params": {"train.learning_rate": {"log_uniform": [0.01, 0.1]}, "model.hidden": {"choice": [[8], [16]]}},
+        },
+        "sampler": {"tpe": {"n_startup_trials": 2}},
+    }
+    out = tmp_path / "out"
+    run_sweep(load_sweep(write_sweep(tmp_path, spec)), place(out), stream=io.StringIO(), load=synthetic_loader)
+    rows = read_csv(out / "trials.csv")
+    assert len(rows) == 4 and all(row["status"] == "finished" for row in rows)
+    assert all(0.01 <= float(row["train.learning_rate"]) <= 0.1 for row in rows)
+    assert {row["model.hidden"] for row in rows} <= {"[8]", "[16]"}
+    assert "tpe sampler" in (out / "summary.md").read_text()
+
+
+def test_the_report_is_written_from_the_study_alone(tmp_path, two_trials):
+    out = tmp_path / "out"
+    run_sweep(load_sweep(two_trials), place(out), stream=io.StringIO(), load=synthetic_loader)
+    shutil.rmtree(out / "trials")  # as on another machine: the trial folders are not here
+    url = place(out).url
+    elsewhere = tmp_path / "report"
+    assert main(["sweep", "--report", "--storage", url, "--study", "sweep", "--out", str(elsewhere)]) == 0
+    assert read_csv(elsewhere / "trials.csv") == read_csv(out / "trials.csv")
+    assert (elsewhere / "best.yaml").read_text() == (out / "best.yaml").read_text()
+    assert (elsewhere / "summary.md").read_text() == (out / "summary.md").read_text()
+    assert (elsewhere / "plots" / "learning_curves.png").is_file()
+
+
+def test_report_and_storage_errors_are_one_line(tmp_path, two_trials, capsys):
+    cases = [
+        (["sweep", "--report", "--out", str(tmp_path / "none")], "no study.db here"),
+        (["sweep", "--report", "--storage", "nonsense://x", "--study", "s"], "--storage nonsense://x"),
+        (["sweep"], "give a sweep file"),
+    ]
+    for argv, says in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
+    run_sweep(load_sweep(two_trials), place(tmp_path / "out"), stream=io.StringIO(), load=synthetic_loader)
+    assert main(["sweep", "--report", "--out", str(tmp_path / "out"), "--study", "other"]) == 2
+    assert "no study other" in capsys.readouterr().err
+
+
+def test_a_study_of_another_sweep_is_refused(tmp_path, two_trials):
+    out = tmp_path / "out"
+    run_sweep(load_sweep(two_trials), place(out), stream=io.StringIO(), load=synthetic_loader)
+    other = load_sweep(two_trials, ["train.epochs=3"])
+    with pytest.raises(UserError, match="study sweep in sqlite:///.* runs another search"):
+        run_sweep(other, place(out), stream=io.StringIO(), load=synthetic_loader)
 
 
 def test_a_sweep_whose_trials_all_diverge_writes_no_best_config(tmp_path):
     path = write_sweep(tmp_path, {"set": TINY, "grid": {"train.learning_rate": [1.0e4, 1.0e5]}})
     printed = io.StringIO()
-    run_sweep(load_sweep(path), tmp_path / "out", stream=printed, load=synthetic_loader)
+    run_sweep(load_sweep(path), place(tmp_path / "out"), stream=printed, load=synthetic_loader)
     assert not (tmp_path / "out" / "best.yaml").exists()
     assert [r["status"] for r in read_csv(tmp_path / "out" / "trials.csv")] == ["diverged", "diverged"]
     assert "no trial trained without diverging" in printed.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------
-# Real MNIST: worker processes
+# Real MNIST: worker processes, pruning
+
+
+def mnist_set(mnist_dir: Path, **more) -> dict:
+    """A slice of real MNIST and a small network: a trial trains in seconds. Without XLA, whose matmuls sum in
+    an order that depends on the thread count (docs/performance.md), so that runs with other thread counts agree."""
+    return {
+        "data.dir": str(mnist_dir),
+        "data.train_limit": 2000,
+        "data.test_limit": 1000,
+        "data.validation_size": 1000,
+        "model.hidden": [32],
+        "train.epochs": 2,
+        "train.steps_per_call": 20,
+        "runtime.device": "cpu",
+        "runtime.jit_compile": False,
+        **more,
+    }
 
 
 @pytest.mark.slow
 def test_results_do_not_depend_on_the_number_of_workers(tmp_path, mnist_dir):
-    """Each trial is deterministic on the CPU, so one process and two spawned workers agree exactly: without XLA.
-    XLA's matmuls sum in an order that depends on the thread count, and two workers get one thread each, so
-    with XLA (auto on Linux) they agree to float rounding only (README, Speed)."""
-    spec = {
-        "set": {
-            "data.dir": str(mnist_dir),
-            "data.train_limit": 2000,
-            "data.test_limit": 1000,
-            "data.validation_size": 1000,
-            "train.epochs": 2,
-            "runtime.device": "cpu",
-            "runtime.jit_compile": False,
-        },
-        "grid": {"train.learning_rate": [0.05, 0.2]},
-    }
+    """One process (two threads) and two spawned workers (one thread each) run the same trials to the same
+    figures, up to the last bits of the evaluation's sums, whose order follows the thread count."""
+    spec = {"set": mnist_set(mnist_dir), "grid": {"train.learning_rate": [0.05, 0.2]}}
     sweep = load_sweep(write_sweep(tmp_path, spec))
     tables = []
     for workers in (1, 2):
-        run_sweep(sweep, tmp_path / f"workers{workers}", workers=workers, stream=io.StringIO())
-        rows = read_csv(tmp_path / f"workers{workers}" / "trials.csv")
-        tables.append([{k: v for k, v in row.items() if k != "train_seconds"} for row in rows])
-    assert tables[0] == tables[1]
+        out = tmp_path / f"workers{workers}"
+        run_sweep(sweep, place(out), workers=workers, stream=io.StringIO())
+        tables.append(results(read_csv(out / "trials.csv")))
+    figures = [column for column in tables[0][0] if column.endswith(("_accuracy", "_loss"))]
+    for one, two in zip(*tables, strict=True):
+        assert {k: v for k, v in one.items() if k not in figures} == {k: v for k, v in two.items() if k not in figures}
+        assert [float(one[k]) for k in figures] == pytest.approx([float(two[k]) for k in figures], rel=1e-6)
     assert all(row["status"] == "finished" for row in tables[0])
     assert float(tables[0][0]["validation_accuracy"]) > 0.8  # it did train on real digits
 
 
-def test_a_worker_sends_failures_back_as_text(tmp_path, monkeypatch):
-    """Worker results must survive pickling: a bad data folder comes back as a user error, a crash as a traceback."""
-    config = Config().replace(**{"data.dir": str(tmp_path / "no-mnist"), "data.validation_size": 100})
-    index, status, detail = sweep_module._run_job((7, tmp_path / "trial", config, 1))
-    assert (index, status) == (7, "user_error") and "no-mnist" in detail and "\n" not in detail
-
-    def crash(*args):
-        raise ValueError("boom")
-
-    monkeypatch.setattr(sweep_module, "run_trial", crash)
-    index, status, detail = sweep_module._run_job((3, tmp_path / "trial", config, 1))
-    assert (index, status) == (3, "error") and "ValueError: boom" in detail
+@pytest.mark.slow
+def test_the_median_pruner_saves_epochs_on_the_same_draws(tmp_path, mnist_dir):
+    """One random search (the same 12 draws) without and with the median pruner: the pruner stops the trials
+    whose validation loss is behind the median after an epoch; the trials it lets run train exactly as
+    without it."""
+    spec = {
+        "set": mnist_set(mnist_dir, **{"train.epochs": 6, "train.optimizer": "momentum"}),
+        "random": {"trials": 12, "seed": 0, "params": {"train.learning_rate": {"log_uniform": [0.0003, 0.3]}}},
+    }
+    pruned_spec = {**spec, "pruner": {"median": {"n_startup_trials": 3, "n_warmup_steps": 1}}}
+    runs = {}
+    for name, written in (("none", spec), ("median", pruned_spec)):
+        sweep = load_sweep(write_sweep(tmp_path, written, f"{name}.yaml"))
+        best = run_sweep(sweep, place(tmp_path / name), stream=io.StringIO())
+        runs[name] = (read_csv(tmp_path / name / "trials.csv"), best[0])
+    (plain, plain_best), (pruning, pruning_best) = runs["none"], runs["median"]
+    epochs = {name: sum(int(row["epochs"]) for row in rows) for name, (rows, _) in runs.items()}
+    kept = [row for row in pruning if row["status"] != "pruned"]
+    by_trial = {row["trial"]: row for row in results(plain)}
+    assert [row["trial"] for row in plain] == [row["trial"] for row in pruning]  # the same draws
+    assert all(results([row])[0] | {"rank": ""} == by_trial[row["trial"]] | {"rank": ""} for row in kept)
+    assert 0 < len(kept) < 12 and epochs["median"] < epochs["none"] == 12 * 6
+    print(f"\npruning, 12 trials of 6 epochs (same draws): without a pruner {epochs['none']} epochs, best "
+          f"{plain_best['trial']} validation loss {plain_best['validation_loss']:.4f}; with the median pruner "
+          f"{epochs['median']} epochs ({12 - len(kept)} pruned), best {pruning_best['trial']} validation loss "
+          f"{pruning_best['validation_loss']:.4f}")  # fmt: skip

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from mnist_mlp import training
 from mnist_mlp.config import Config
-from mnist_mlp.device import available_gpu, cpu_device, require_gpu
+from mnist_mlp.device import Device, available_gpu, cpu_device, require_gpu
 from mnist_mlp.gradients import backprop
 from mnist_mlp.model import forward, one_hot_rows, to_rows
 from mnist_mlp.results import Evaluation, confusion_matrix, headline_metrics
@@ -261,3 +261,38 @@ def test_grappler_leaves_matmul_and_bias_unfused(tiny_config):
     ops = {node.op for node in optimized.node} | {n.op for f in optimized.library.function for n in f.node_def}
     assert "MatMul" in ops and "AddV2" in ops
     assert not {op for op in ops if "Fused" in op or op == "BiasAdd"}
+
+
+# What the compiled calls may hold on a GPU (training.py says why): float32 arithmetic, int32 indices and counts,
+# bool masks, resource and variant handles; uint8 images only moved, gathered and cast; int64 in constants only.
+GPU_DTYPES = {"float32", "int32", "bool", "resource", "variant"}
+UINT8_OPS = {"Placeholder", "Identity", "While", "Shape", "Reshape", "GatherV2", "StridedSlice", "Slice", "Cast"}
+
+
+def test_the_graphs_a_gpu_runs_hold_only_dtypes_metal_has():
+    """Metal has no float64 (among others): build the training loop (Adam, shifts, L1 on the biases, the loss
+    after the update: every optional op) and the evaluation for a GPU, and read each op placed there."""
+    config = Config().replace(
+        **{
+            "train.optimizer": "adam",
+            "train.augment_shift": 2,
+            "train.l1_biases": True,
+            "train.loss_after_update": True,
+        }
+    )
+    trainer = Trainer(config, synthetic_mnist().train, Device("/GPU:0", "gpu", False))  # placement: annotations only
+    loop = trainer.train_steps.get_concrete_function(
+        trainer.images, trainer.labels, trainer.epoch_order(1), *map(tf.constant, (0, 2, 0.1, 1))
+    )
+    evaluation = trainer.evaluate_split.get_concrete_function()
+    found = set()
+    for graph in (loop.graph.as_graph_def(), evaluation.graph.as_graph_def()):
+        for node in [*graph.node, *(n for f in graph.library.function for n in f.node_def)]:
+            if "GPU" in node.device:
+                for value in node.attr.values():
+                    for dtype in [value.type] if value.type else value.list.type:
+                        found.add((node.op, tf.dtypes.as_dtype(dtype).name))
+    assert found, "no op was placed on the GPU"
+    wrong = {(op, dtype) for op, dtype in found if dtype not in GPU_DTYPES}
+    wrong -= {(op, "uint8") for op in UINT8_OPS} | {("Const", "int64")}
+    assert wrong == set()

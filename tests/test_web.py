@@ -152,6 +152,31 @@ def test_a_vertical_stroke_reads_as_1(page, pointer):
     assert shown["layers"] == 2 and 1 <= shown["units"] <= 8
 
 
+def test_the_weights_come_once_per_load_and_each_answer_draws_its_units_from_them(browser, url):
+    """An answer names its most active units; their tiles are drawn from GET api/weights, asked for once."""
+    context = browser.new_context(viewport={"width": 1200, "height": 1000})
+    page = context.new_page()
+    asked = []
+    page.on("request", lambda request: asked.append(request.url.removeprefix(url)))
+    answers = []
+    page.on("response", lambda r: r.url.endswith("api/predict") and r.ok and answers.append(r.json()))
+    page.goto(url)
+    for stroke in (VERTICAL_STROKE, CLOSED_LOOP):
+        page.click("#clear")
+        draw(page, stroke)
+        wait_for_answer(page, answered(page))
+    assert asked.count("api/weights") == 1 and asked.count("api/predict") >= 2, asked
+    shown = page.evaluate(
+        """() => [...document.querySelectorAll('#units figure')].map(figure => {
+            const pixels = figure.querySelector('canvas').getContext('2d').getImageData(0, 0, 28, 28).data;
+            return { unit: Number(figure.dataset.unit), inked: pixels.some((v, i) => i % 4 < 3 && v < 250) };
+        })"""
+    )
+    assert [s["unit"] for s in shown] == [u["unit"] for u in answers[-1]["top_units"]]
+    assert shown and all(s["inked"] for s in shown)  # coloured by weights, not left blank
+    context.close()
+
+
 def test_a_closed_loop_reads_as_0_and_the_page_is_saved_as_a_screenshot(page, tmp_path):
     before = answered(page)
     draw(page, CLOSED_LOOP)

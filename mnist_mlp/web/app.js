@@ -1,6 +1,7 @@
 // The draw-a-digit page. The server does all the image work: this script sends the drawing (or a chosen
-// file) as it is to POST api/predict and draws the answer. document.body's data-pending ("1" while an
-// answer is due) and data-answered (answers shown so far) let tests wait for the page.
+// file) as it is to POST api/predict and draws the answer. The first layer's weights, which the answers'
+// most active units are drawn with, come once per load from GET api/weights. document.body's data-pending
+// ("1" while an answer is due) and data-answered (answers shown so far) let tests wait for the page.
 "use strict";
 
 const INK_WIDTH = 20; // pixels of the 280-pixel pad: about MNIST's stroke width once the digit is scaled to 20×20
@@ -23,6 +24,8 @@ let timer = null;
 let inFlight = false;
 let queued = false;
 let hiddenSizes = []; // from api/run, to draw empty grids before the first answer
+let unitWeights = null; // from api/weights: each first-layer unit's 784 incoming weights
+let shownUnits = []; // the top units of the answer shown, drawn again once the weights arrive
 
 // ---- the pad
 
@@ -315,10 +318,16 @@ function weightColour(w, scale) {
 function drawUnits(topUnits) {
   const holder = document.getElementById("units");
   holder.replaceChildren();
+  shownUnits = topUnits;
+  if (topUnits.length && !unitWeights) {
+    holder.textContent = "Loading the weights…";
+    return;
+  }
   // The scale ends at the 99th percentile of |w|: a few large weights would otherwise wash out the rest.
-  const sizes = topUnits.flatMap(({ weights }) => weights.map(Math.abs)).sort((a, b) => a - b);
+  const sizes = topUnits.flatMap(({ unit }) => unitWeights[unit].map(Math.abs)).sort((a, b) => a - b);
   const scale = Math.max(sizes[Math.floor(0.99 * (sizes.length - 1))] || 0, 1e-9);
-  for (const { unit, activation, weights } of topUnits) {
+  for (const { unit, activation } of topUnits) {
+    const weights = unitWeights[unit];
     const canvas = document.createElement("canvas");
     canvas.width = canvas.height = 28;
     canvas.className = "pixels";
@@ -359,8 +368,18 @@ async function showRun() {
   }
 }
 
+async function loadWeights() {
+  try {
+    unitWeights = (await (await fetch("api/weights")).json()).weights;
+    drawUnits(shownUnits);
+  } catch (error) {
+    document.getElementById("units").textContent = `Could not read the weights (${error.message}).`;
+  }
+}
+
 clearPad();
 drawBars(null, null);
 drawSeen(null);
 drawUnits([]);
 showRun();
+loadWeights();
