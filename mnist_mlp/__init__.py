@@ -11,10 +11,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 __version__ = "0.1.0"
 
 # What TensorFlow imports for features we never use, hidden during its import (an `import` of them then raises
-# ImportError, which TensorFlow and Keras catch; they import as usual afterwards): tf.lite's optional JAX converter
-# (about 170 MB of memory and a second of start-up when the bench extra installs JAX), and matplotlib, which Keras
-# loads for its image-gallery plots (about 0.5 s; our plots are drawn by the plot worker, plot_worker.py).
-HIDDEN_DURING_TENSORFLOW_IMPORT = ("jax", "matplotlib")
+# ImportError, which TensorFlow and Keras catch; they import as usual afterwards, and tf.keras still loads Keras 3
+# when first used): tf.lite's optional JAX converter (about 170 MB of memory and a second of start-up when the bench
+# extra installs JAX); Keras, which TensorFlow loads eagerly only to learn its version, and SciPy and h5py, which
+# TensorFlow's legacy Keras code imports for features of its own (41 MB of the training process's memory together,
+# docs/performance.md); and matplotlib, which Keras loads for its image-gallery plots (ours are drawn by the plot
+# worker, plot_worker.py). Not requests: TensorFlow needs it (tests/test_package.py fails on an incomplete import).
+HIDDEN_DURING_TENSORFLOW_IMPORT = ("jax", "keras", "scipy", "h5py", "matplotlib")
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ from mnist_mlp.bench_runners import (
     TrainEpochs,
     numpy_loss,
 )
+from mnist_mlp.bench_train import format_train_runs, load_average, measure_train_runs
 from mnist_mlp.config import Config, DataConfig
 from mnist_mlp.data import DATA_DIR_ENV, Split, load_mnist, tfds_cached
 from mnist_mlp.device import CPU, STANDIN_ENV, STANDIN_GPU, Device, available_gpu, standin_mode
@@ -69,6 +70,8 @@ def losses_agree(loss: float, reference: float, rtol: float) -> bool:
     return bool(np.isfinite(loss) and abs(loss - reference) <= rtol * max(abs(reference), 1.0))
 
 
+# What a Mac user runs to time the Mac's paths, the CPU's without XLA among them (bench.mac_request).
+MAC_COMMAND = "make bench 2>&1 | tee bench-mac.txt"
 REFERENCE = "fast"  # the losses of all others are compared with this one's on the CPU
 
 
@@ -80,10 +83,11 @@ class BenchOptions:
     repeats: int = 5
     images_per_repeat: int = EPOCH_IMAGES  # one epoch of MNIST per repeat
     matmul_size: int = 2048
+    train_runs: int = 5  # whole default `mnist-mlp train --quiet` runs, for the overhead and peak RSS (bench_train.py)
     quick: bool = False
 
 
-QUICK = BenchOptions(images_per_repeat=6000, quick=True)  # a tenth of an epoch per repeat: under a minute
+QUICK = BenchOptions(images_per_repeat=6000, train_runs=1, quick=True)  # a tenth of an epoch per repeat
 
 
 @dataclass
@@ -241,7 +245,7 @@ def run_bench(
 ) -> tuple[list[Result], dict]:
     """Time every implementation on every device and batch size; returns the results and the run's context."""
     devices = tf_devices()
-    load_before = _load_average()
+    load_before = load_average()
     sizes = MLP(Config().model, 0).sizes
     yardstick = train.head(min(EVAL_IMAGES, len(train)))
     matmul = {short_name(d.name): matmul_gflops(d.name, options.matmul_size, options.repeats) for d in devices}
@@ -258,7 +262,7 @@ def run_bench(
     peers = peer_ratios(train, options, yardstick, say)
     context = {
         "peers": peers,
-        "load_average": {"before": load_before, "after": _load_average()},
+        "load_average": {"before": load_before, "after": load_average()},
         "matmul_gflops": matmul,
         "flops_per_image": flops_per_image(sizes),
         "architecture": "-".join(map(str, sizes)),
@@ -282,7 +286,7 @@ def peer_ratios(train: Split, options: BenchOptions, yardstick: Split, say) -> d
         say("JAX row skipped: jax is not installed (pip install -e '.[bench]')")
     runners.append(NumpyLoop(split, order, batch, lr, initial, l1))
     runners.append(KerasFit(trainer.device.name, trainer.model.sizes, split, order, batch, lr, initial, l1))
-    load_before = _load_average()
+    load_before = load_average()
     seconds, final_weights = time_interleaved(runners, steps, options.repeats)
     device = short_name(trainer.device.name)
     rows, reference = [], None
@@ -298,7 +302,7 @@ def peer_ratios(train: Split, options: BenchOptions, yardstick: Split, say) -> d
         "l1": l1,
         "images": steps * batch,
         "repeats": options.repeats,
-        "load_average": {"before": load_before, "after": _load_average()},
+        "load_average": {"before": load_before, "after": load_average()},
         "results": [asdict(r) for r in rows],
         "speedup": {r.implementation: statistics.median(r.seconds) / ours for r in rows[1:]},
     }
@@ -477,13 +481,6 @@ def _processor_name() -> str:
     return platform.processor()
 
 
-def _load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def bench_data() -> tuple[Split, str, bool]:
     """Real MNIST's training images when at hand ($MNIST_MLP_DATA_DIR, or TFDS's prepared copy), else synthetic.
 
@@ -564,6 +561,8 @@ def format_summary(document: dict) -> str:
         )
     lines.append(format_peers(document["peers"]))
     load = document["load_average"]
+    runs = document["train_runs"]
+    lines.append(f"train runs skipped: {runs['skipped']}" if "skipped" in runs else format_train_runs(runs))
     lines.append(f"data: {document['data']['source']}; load average before/after: {load['before']} / {load['after']}")
     lines += [f"MISMATCH: {line}" for line in document["mismatches"]]
     return "\n".join(lines)
@@ -631,15 +630,18 @@ def bench(
     say: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True),
 ) -> dict:
     """Run the bench, write bench.json and bench.png into `out`, and return the document."""
-    synthetic = False
+    say(mac_request())
+    synthetic, real_mnist = False, train is None
     if train is None:
         train, source, synthetic = bench_data()
+        real_mnist = not synthetic
     say(f"bench data: {source} ({len(train):,} images); {options.repeats} timed repeats of "
         f"{min(options.images_per_repeat, len(train)):,} images per implementation and batch size")  # fmt: skip
     devices = tf_devices()
     if standin_mode():
         say(f"GPU rows: {short_name(STANDIN_GPU)}, the stand-in GPU ({STANDIN_ENV}={standin_mode()})")
     results, context = run_bench(train, options, say)
+    context["train_runs"] = train_runs(options, real_mnist, say)
     env = environment(devices)
     data = {"source": source, "synthetic": synthetic, "images": len(train)}
     document = bench_document(results, context, options, data, env)
@@ -648,6 +650,29 @@ def bench(
     title = f"{env['machine']['processor']}, TF {env['tensorflow']}" + (" (quick)" if options.quick else "")
     plot(results, out / "bench.png", title)
     return document
+
+
+def mac_request() -> str:
+    """The bench's first line: the measurement the project lacks, and the one command that gives it."""
+    if sys.platform == "darwin":
+        return (
+            "macOS: please paste this command's whole output into an issue (or attach bench.json): the CPU path on a "
+            "Mac runs without XLA and has never been timed, and this bench times it (docs/performance.md)"
+        )
+    return (
+        "wanted from a Mac user: the CPU path on macOS runs without XLA and has never been timed; on an Apple-silicon "
+        f"Mac, `{MAC_COMMAND}` and paste the file into an issue (docs/performance.md)"
+    )
+
+
+def train_runs(options: BenchOptions, real_mnist: bool, say: Callable[[str], None]) -> dict:
+    """Whole default training runs (bench_train.py), or why there are none: they need the MNIST a user's run reads."""
+    if not options.train_runs:
+        return {"skipped": "no train runs asked for"}
+    if not real_mnist:
+        return {"skipped": f"no MNIST here (set {DATA_DIR_ENV}): a default run would download it"}
+    say(f"{options.train_runs} default training runs, each after TensorFlow's import in a fresh process:")
+    return measure_train_runs(options.train_runs, say=say)
 
 
 def _progress_line(r: Result) -> str:

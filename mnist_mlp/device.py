@@ -8,15 +8,18 @@ Whether a GPU is trusted, and when `auto` picks it, is gpu_check.py's business.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
 
 from mnist_mlp import native_stderr_silenced
+from mnist_mlp.cache import writable_folder, xla_cache_dir
 from mnist_mlp.config import RuntimeConfig
 from mnist_mlp.errors import ConfigError
 from mnist_mlp.standin import STANDIN_ENV, STANDIN_GPU, split_cpu, standin_mode
@@ -69,11 +72,29 @@ def configure_threads(threads: int) -> None:
             print(f"warning: runtime.threads={threads} not applied: TensorFlow had already started", file=sys.stderr)
 
 
+def configure_runtime(config: RuntimeConfig) -> None:
+    """What must be settled before TensorFlow starts its runtime, which it then starts: the intra-op thread count
+    (runtime.threads) and, for XLA, the folder where it keeps the programs it compiles (xla_cache_flags)."""
+    cache = xla_cache_flags(config.threads) if _jit(config) else None
+    with _environment("TF_XLA_FLAGS", cache):  # TensorFlow reads it once, at its first look at its settings
+        configure_threads(config.threads)
+        tf.config.list_logical_devices()
+
+
 # XLA's CPU runtime: the whole compiled loop as one LLVM function ("legacy") rather than a sequence of thunks,
 # TF 2.19's default, which pays a dispatch per op. Only with it does XLA beat the plain graph here
 # (docs/performance.md).
 XLA_CPU_RUNTIME_FLAG = "--xla_cpu_use_thunk_runtime=false"
+# TensorFlow's flag for a folder of compiled XLA programs, which later processes load instead of compiling again.
+XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
 _xla_flags_read = False
+
+
+def xla_flags() -> str:
+    """The XLA_FLAGS that XLA compiles under once prepare_xla_cpu has run: the user's, with XLA_CPU_RUNTIME_FLAG
+    unless they choose the runtime themselves."""
+    user = os.environ.get("XLA_FLAGS", "")
+    return user if "xla_cpu_use_thunk_runtime" in user else f"{user} {XLA_CPU_RUNTIME_FLAG}".strip()
 
 
 def prepare_xla_cpu() -> None:
@@ -90,15 +111,36 @@ def prepare_xla_cpu() -> None:
     user = os.environ.get("XLA_FLAGS")
     if user and "xla_cpu_use_thunk_runtime" in user:
         return
-    os.environ["XLA_FLAGS"] = f"{user or ''} {XLA_CPU_RUNTIME_FLAG}".strip()
+    with _environment("XLA_FLAGS", xla_flags()), native_stderr_silenced(), tf.device(CPU):  # XLA's C++ log lines
+        tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0.0))
+
+
+def xla_cache_flags(threads: int) -> str | None:
+    """$TF_XLA_FLAGS that keep the programs XLA compiles in the user's cache folder (cache.xla_cache_dir, one folder
+    per machine, TensorFlow, XLA flags and thread count), where later runs load them instead of compiling again: a
+    run's first epoch then takes about as long as the others. None (no cache) when the folder cannot be written (XLA
+    would fail every call then) or when the user's TF_XLA_FLAGS name a folder of their own. Takes effect only if set
+    before TensorFlow first looks at its settings (configure_runtime)."""
+    user = os.environ.get("TF_XLA_FLAGS", "")
+    folder = xla_cache_dir(xla_flags(), threads)
+    if XLA_CACHE_FLAG in user or not writable_folder(folder):
+        return None
+    return f"{user} {XLA_CACHE_FLAG}={folder}".strip()
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """$name set to `value` for the duration (None: left as it is), then restored."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
-        with native_stderr_silenced(), tf.device(CPU):  # XLA announces its start in C++ log lines
-            tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0.0))
+        yield
     finally:
-        if user is None:
-            del os.environ["XLA_FLAGS"]
+        if before is None:
+            os.environ.pop(name, None)
         else:
-            os.environ["XLA_FLAGS"] = user
+            os.environ[name] = before
 
 
 def cpu_device(config: RuntimeConfig, reason: str = "") -> Device:

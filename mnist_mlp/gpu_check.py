@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import statistics
 import sys
@@ -40,12 +39,13 @@ import tensorflow as tf
 
 from mnist_mlp import __version__, rounding
 from mnist_mlp.augment import epoch_shifts, shift_images
+from mnist_mlp.cache import cache_dir
 from mnist_mlp.config import Config
 from mnist_mlp.data import N_CLASSES, Split
 from mnist_mlp.device import (
     CPU,
     Device,
-    configure_threads,
+    configure_runtime,
     cpu_device,
     gpu_device,
     metal_plugin_version,
@@ -64,7 +64,6 @@ CHECK_STEPS = 10  # steps of the training loop compared, each from the same stat
 TIMED_IMAGES = 2048  # images per timed call: long enough to time, short enough for a check of a few seconds
 TIMED_REPEATS = 5  # interleaved CPU/GPU calls; the median of each
 FASTER_BY = 1.1  # auto wants the GPU this much faster: less is within the noise of a check this short
-CACHE_ENV = "MNIST_MLP_CACHE_DIR"
 CACHE_FILE = "gpu_check.json"
 CACHE_DAYS = 30  # a verdict older than this is checked again (and dropped from the file)
 OK, MISMATCH, FAILED = "ok", "mismatch", "failed"  # a verdict's status, as doctor --json's gpu_check says it
@@ -409,15 +408,6 @@ def time_steps(trainers: list[Trainer], config: Config) -> list[float]:
 # --- the cache -------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """$MNIST_MLP_CACHE_DIR, else the user's cache folder: ~/Library/Caches on macOS, $XDG_CACHE_HOME else."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    if platform.system() == "Darwin":
-        return Path.home() / "Library" / "Caches" / "mnist_mlp"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnist_mlp"
-
-
 def cache_key(config: Config, gpu: str) -> str:
     """What a verdict depends on: the OS (Metal ships with macOS), TensorFlow, the plugin, this project and
     this check, which GPU, the layer sizes, the batch size, and the training settings whose ops it ran."""
@@ -499,7 +489,7 @@ def choose_device(config: Config, data: Split | None = None) -> Device:
     and is faster, else the CPU (with a warning line after a failed check). `data`: the run's training
     images, which the check trains its first steps on."""
     runtime = config.runtime
-    configure_threads(runtime.threads)
+    configure_runtime(runtime)  # thread count, XLA's cache: before TensorFlow starts its runtime
     gpu = require_gpu(runtime)
     if runtime.device == "cpu":
         return cpu_device(runtime, "runtime.device=cpu")

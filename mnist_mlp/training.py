@@ -29,7 +29,10 @@ from mnist_mlp.model import MLP, N_PIXELS, active_units, cross_entropy, forward,
 from mnist_mlp.optimizers import make_optimizer
 from mnist_mlp.results import Evaluation
 
-EVAL_CHUNK = 10000  # images per matmul of an evaluation: bounded memory, big enough to run at full speed
+# Images per matmul of an evaluation, one chunk at a time: the chunk's float32 pixels and activations (about 16 MB)
+# are all it adds to memory. With 10,000 images, and chunks in flight together, an evaluation took 110-250 MB more at
+# its peak and was no faster (docs/performance.md).
+EVAL_CHUNK = 2000
 
 
 @contextlib.contextmanager
@@ -106,6 +109,7 @@ class Trainer:
         # nothing for AutoGraph to rewrite; skipping its source transformation saves start-up time.
         self.train_steps = tf.function(self._train_steps, jit_compile=device.jit_compile, autograph=False)
         self.train_step = tf.function(self.step, autograph=False)  # one step per call: the slow path (bench, tests)
+        self._shuffle = tf.function(self._epoch_order, autograph=False)
         self.evaluate_split = tf.function(
             self._evaluate_split,
             input_signature=[tf.TensorSpec([None, N_PIXELS], tf.uint8), tf.TensorSpec([None], tf.uint8)],
@@ -165,12 +169,23 @@ class Trainer:
             return total
 
     def epoch_order(self, epoch: int) -> tf.Tensor:
-        """The epoch's shuffle of the training images: a stateless draw from (seed, epoch), made on the CPU."""
-        with tf.device("/CPU:0"):
-            keys = tf.random.stateless_uniform([len(self.labels)], seed=[self.config.seed, epoch])
-            order = tf.argsort(keys, stable=True)  # int32
+        """The epoch's shuffle of the training images: a stateless draw from (seed, epoch), on the training device."""
+        order = self._shuffle(tf.constant(epoch, tf.int32))
         with tf.device(self.device.name):
             return tf.identity(order)
+
+    def _epoch_order(self, epoch: tf.Tensor) -> tf.Tensor:
+        """The images sorted by a random key each: Philox's 32-bit draws from (seed, epoch), of which the low 23
+        bits, the bits a float32 uniform draw keeps (so the order is the one earlier versions drew as floats); ties
+        in index order. Drawn as integers because XLA turns bits into floats differently (a test compares both);
+        compiled, but not by XLA, whose sort took 2-3x as long here (about 22 ms against 7 ms per epoch)."""
+        with tf.device("/CPU:0"):  # Metal lacks kernels for some random ops
+            seed = tf.stack([tf.constant(self.config.seed, tf.int64), tf.cast(epoch, tf.int64)])  # seeds < 2^63
+            bits = tf.random.stateless_uniform(
+                [self.images.shape[0]], seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
+            )
+            keys = tf.bitwise.bitwise_and(tf.bitcast(bits, tf.int32), 0x7FFFFF)
+            return tf.argsort(keys, stable=True)  # int32
 
     def run_steps(self, order: tf.Tensor, first_step: int, count: int, lr: float, epoch: int) -> float:
         """Run `count` steps of `epoch` in one compiled call; returns the summed batch loss (a sync point)."""
@@ -218,7 +233,9 @@ class Trainer:
             loss_sums = tf.TensorArray(tf.float32, size=chunks)
             found = tf.TensorArray(tf.int32, size=chunks, infer_shape=False)
             start = [0, loss_sums, tf.zeros([N_CLASSES, N_CLASSES]), found, none_active]
-            _, loss_sums, confusion, found, active = tf.while_loop(lambda i, *_: i < chunks, one_chunk, start)
+            _, loss_sums, confusion, found, active = tf.while_loop(
+                lambda i, *_: i < chunks, one_chunk, start, parallel_iterations=1
+            )
             # Rounded, not truncated: a count off by a rounding (a GPU's float32 sum of ones) is still a count.
             return loss_sums.stack(), tf.cast(tf.round(confusion), tf.int32), found.concat(), active
 

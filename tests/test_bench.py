@@ -70,7 +70,9 @@ def test_numpy_loop_follows_the_trainers_step_path():
 @pytest.mark.slow  # every implementation with its tracing, Keras and XLA included: ~10 s on 2 cores
 def test_quick_bench_writes_bench_json_and_png_and_every_loss_agrees(small_quick, tmp_path, capsys):
     status = main(["bench", "--quick", "--out", str(tmp_path), "--json"])
-    printed = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
+    assert err.startswith("wanted from a Mac user:") and bench.MAC_COMMAND in err.splitlines()[0]
     document = json.loads((tmp_path / "bench.json").read_text())
     assert status == 0 and printed == document
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -99,6 +101,8 @@ def test_quick_bench_writes_bench_json_and_png_and_every_loss_agrees(small_quick
     assert all(r["identical_to_reference"] for r in step)  # the step path is the fast path, one call per step
     headline = document["summary"]  # at the smallest batch size: this run has no batch 50
     assert headline["batch_size"] == 20 and headline["fast_over_keras"] > 0 and headline["xla_over_fast"] > 0
+    assert document["train_runs"]["skipped"].startswith("no MNIST here")  # a default run would download it
+    assert "train runs skipped: no MNIST here" in bench.report(document)
 
 
 def test_an_implementation_that_computes_something_else_is_reported(monkeypatch, tmp_path):
