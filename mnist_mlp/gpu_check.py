@@ -9,7 +9,7 @@ and compares every tensor:
   2. CHECK_STEPS steps of the compiled training loop with the run's config (optimizer, L1, shifts, the
      first epoch's rate), each from the same weights and optimizer slots on both devices: every weight,
      every slot and the batch loss after the step;
-  3. one evaluation call on a chunk of EVAL_CHUNK training images: the loss sum, the predictions, the
+  3. one evaluation call on CHECK_IMAGES training images: the loss sums, the predictions, the
      confusion counts and the units that fired.
 Each tensor may differ by float32 rounding and nothing more, bounded per entry from its formula and its
 inputs (rounding.py derives the bounds); the first tensor that differs beyond that is the verdict's
@@ -61,6 +61,7 @@ from mnist_mlp.training import EVAL_CHUNK, Trainer, failures_of, learning_rate
 # Bump when what the check compares changes: cached verdicts of another version are checked again.
 CHECK_VERSION = 2
 CHECK_STEPS = 10  # steps of the training loop compared, each from the same state
+CHECK_IMAGES = 10000  # images of the evaluation compared: products of 2,000 rows (EVAL_CHUNK), as runs evaluate
 TIMED_IMAGES = 2048  # images per timed call: long enough to time, short enough for a check of a few seconds
 TIMED_REPEATS = 5  # interleaved CPU/GPU calls; the median of each
 FASTER_BY = 1.1  # auto wants the GPU this much faster: less is within the noise of a check this short
@@ -119,7 +120,7 @@ def check_gpu(config: Config, gpu: str, data: Split | None = None) -> Verdict:
     raises is a FAILED verdict."""
     started = time.perf_counter()
     batch = config.train.batch_size
-    data = data if data is not None else learnable_digits(max(EVAL_CHUNK, CHECK_STEPS * batch))
+    data = data if data is not None else learnable_digits(max(CHECK_IMAGES, CHECK_STEPS * batch))
     timings = [float("nan")] * 2
     logger, level = tf.get_logger(), tf.get_logger().level
     logger.setLevel(logging.ERROR)  # not TensorFlow's warning that each check traces its own functions anew
@@ -166,7 +167,7 @@ def compare(config: Config, cpu: Trainer, gpu: Trainer, data: Split) -> str:
     return (
         compare_step_tensors(probes, data.images[first_batch], data.labels[first_batch])
         or compare_steps(config, cpu, gpu, orders)
-        or compare_evaluation(probes, data.head(EVAL_CHUNK))
+        or compare_evaluation(probes, data.head(CHECK_IMAGES))
     )
 
 
@@ -308,8 +309,8 @@ def exact_update(config: Config, before: list[np.ndarray], grad_sets: list[list]
 
 
 def compare_evaluation(probes: list[Probe], chunk: Split) -> str:
-    """3: a chunk of EVAL_CHUNK images from the same weights: its forward pass (where a kernel's fault at a
-    large batch shows), then one evaluation call: loss sum, predictions, confusion counts, active units."""
+    """3: CHECK_IMAGES images from the same weights: their forward pass (where a kernel's fault at a large batch
+    shows), then one evaluation call: each chunk's loss sum, predictions, confusion counts, active units."""
     cpu, gpu = (probe.trainer for probe in probes)
     for mine, theirs in zip(state_of(gpu), state_of(cpu), strict=True):
         mine.assign(theirs)
@@ -323,7 +324,9 @@ def compare_evaluation(probes: list[Probe], chunk: Split) -> str:
     labels = chunk.labels.astype(np.int64)
     fwd = rounding.forward(W, W0, pixels(chunk.images.reshape(len(chunk), -1)))
     out = rounding.output(fwd, labels)
-    problem = first_difference([("the evaluation's loss sum", gpu_loss, cpu_loss, rounding.loss_sum_bound(out))])
+    chunks = [slice(start, start + EVAL_CHUNK) for start in range(0, len(chunk), EVAL_CHUNK)]
+    allowed = np.array([rounding.loss_sum_bound(out, rows) for rows in chunks])
+    problem = first_difference([("the evaluation's loss sums", gpu_loss, cpu_loss, allowed)])
     if problem:
         return problem
     # A prediction may differ only where the top two logits are within the devices' rounding of each other.

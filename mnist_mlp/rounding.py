@@ -127,11 +127,12 @@ def output(fwd: Forward, labels: np.ndarray) -> Output:
     return Output(log_y_hat, A_log_y_hat, y_hat, A_y_hat, -log_y_hat[rows, labels], A_log_y_hat[rows, labels])
 
 
-def loss_sum_bound(out: Output) -> float:
-    """The bound of Σ_m −y_m·log ŷ_m (cross_entropy × M): the M terms' own bounds plus the sum's γ(M) (the
-    K − 1 zero products per image add nothing), and the division by M and product by M (two roundings)."""
-    total = float(np.abs(out.losses).sum())
-    return float(out.A_losses.sum()) + gamma(len(out.losses)) * total + 2 * U * total
+def loss_sum_bound(out: Output, rows: slice = slice(None)) -> float:
+    """The bound of Σ_m −y_m·log ŷ_m (cross_entropy × M) over `rows`: the M terms' own bounds plus the sum's γ(M)
+    (the K − 1 zero products per image add nothing), and the division by M and product by M (two roundings)."""
+    losses, A_losses = out.losses[rows], out.A_losses[rows]
+    total = float(np.abs(losses).sum())
+    return float(A_losses.sum()) + gamma(len(losses)) * total + 2 * U * total
 
 
 @dataclass
