@@ -639,7 +639,7 @@ def bench(
         f"{min(options.images_per_repeat, len(train)):,} images per implementation and batch size")  # fmt: skip
     devices = tf_devices()
     if standin_mode():
-        say(f"GPU rows: {short_name(STANDIN_GPU)}, the stand-in GPU ({STANDIN_ENV}={standin_mode()})")
+        say(f"GPU rows: {short_name(STANDIN_GPU)}, the stand-in GPU ({STANDIN_ENV}={os.environ[STANDIN_ENV]})")
     results, context = run_bench(train, options, say)
     context["train_runs"] = train_runs(options, real_mnist, say)
     env = environment(devices)
