@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from mnist_mlp import __version__, import_tensorflow_quietly
-from mnist_mlp.errors import GpuFailure, GpuMismatch, UserError
+from mnist_mlp.errors import GpuFailure, GpuMismatch, UserError, first_line
 from mnist_mlp.folder_lock import folder_locked, lock_folder
 from mnist_mlp.versions import runtime_versions
 from mnist_mlp.write_errors import WriteFailed, as_write_failure
@@ -189,7 +189,7 @@ def train_in(run: RunDir, plan: RunPlan, args: argparse.Namespace, plot_worker: 
             return EXIT_WRITE_FAILED
         if not isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError)):
             raise
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        reason = first_line(exc, 160)
         print(f"error: out of memory while training ({reason}); choose smaller model.hidden or train.batch_size",
               file=sys.stderr)  # fmt: skip
         return EXIT_TRAINING_FAILED

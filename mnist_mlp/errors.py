@@ -42,6 +42,11 @@ _TF_ERROR_NOISE = re.compile(r"Graph execution error:|Detected at node|File \"|\
 _TF_ERROR_PREFIX = re.compile(r"^\(\d+\)\s+[A-Z_]+:\s+")  # "(0) INVALID_ARGUMENT:  " before a root error
 
 
+def first_line(error: BaseException, width: int = 200) -> str:
+    """An exception's message in one line, for a message of our own: its first line, else its type's name."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:width]
+
+
 def describe_error(error: BaseException) -> str:
     """An exception in one line: its type and its message's first informative line (TensorFlow's run to pages)."""
     lines = [line.strip() for line in str(error).splitlines()]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, first_line
 from mnist_mlp.model import N_PIXELS, forward, softmax, to_rows
 from mnist_mlp.results import Listener, RunResult
 from mnist_mlp.rundir import replace_dir
@@ -83,7 +83,7 @@ def load_saved_model(path: Path) -> Any:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # TF raises many kinds (protobuf, OpError, ValueError); all mean "unreadable"
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        reason = first_line(exc)
         raise UserError(f"{path}: cannot load the SavedModel ({reason})") from None
     missing = [name for name in SIGNATURES if name not in loaded.signatures]
     if missing:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, first_line
 
 SIZE = 28  # MNIST images are SIZE × SIZE
 BOX = 20  # the digit's longer side, in pixels
@@ -91,7 +91,7 @@ def decode_image(data: bytes) -> Image.Image:
     except Image.DecompressionBombError:  # beyond twice Pillow's own limit it refuses before we can look
         raise ValueError(f"too large: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels; scale it down") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:  # what Pillow raises for damaged files
-        raise ValueError(f"damaged or truncated image ({_first_line(exc)})") from None
+        raise ValueError(f"damaged or truncated image ({first_line(exc)})") from None
     raise ValueError(f"too large: {size[0]}×{size[1]} pixels (at most {MAX_PIXELS:,}); scale it down")
 
 
@@ -173,7 +173,3 @@ def centre_by_mass(digit: np.ndarray, size: int, centre: float) -> np.ndarray:
     canvas = np.zeros((size, size), np.float32)
     canvas[top : top + height, left : left + width] = digit
     return canvas
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]

@@ -30,7 +30,7 @@ import numpy as np
 
 from mnist_mlp import __version__
 from mnist_mlp.config import VERSION_KEY, Config, config_yaml, from_dict, load_yaml
-from mnist_mlp.errors import ConfigError, UserError
+from mnist_mlp.errors import ConfigError, UserError, first_line
 from mnist_mlp.folder_lock import FolderInUse, FolderLock, lock_folder
 from mnist_mlp.history import EPOCH
 from mnist_mlp.write_errors import WriteFailed, writing
@@ -141,10 +141,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _umask() -> int:
@@ -515,9 +511,9 @@ class RunDir:
                 )
             status.assert_existing_objects_matched()
         except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as exc:  # other shapes or names
-            raise UserError(f"{folder}: does not fit this model ({_first_line(exc)})") from None
+            raise UserError(f"{folder}: does not fit this model ({first_line(exc)})") from None
         except (tf.errors.OpError, IndexError) as exc:  # truncated or corrupt files (IndexError: short reads)
-            raise UserError(f"{folder}: damaged checkpoint files ({_first_line(exc)})") from None
+            raise UserError(f"{folder}: damaged checkpoint files ({first_line(exc)})") from None
         return CheckpointState(
             int(position["epoch"].numpy()),
             int(position["step"].numpy()),

@@ -31,7 +31,7 @@ from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import UserError, first_line
 from mnist_mlp.sweep_file import Sweep, comparable, encode, trial_id
 
 STUDY_FILE = "study.db"  # the default storage, in the sweep folder
@@ -40,8 +40,6 @@ GRACE_SECONDS = 30  # a trial silent this long is taken for dead, failed and que
 DRAW = "draw"  # the grid dimension that numbers the random section's draws
 SWEEP_ATTR = "sweep"  # the study's record of the sweep it runs
 POSTGRES_EXTRA = "pip install 'mnist-mlp[postgres]' (or make install POSTGRES=1)"
-
-optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own lines, failures included
 
 
 @contextlib.contextmanager
@@ -107,19 +105,17 @@ def open_storage(url: str) -> RDBStorage:
                     grace_period=GRACE_SECONDS,
                     heartbeat_stale_trial_callback=RETRY,
                 )
-        except ImportError:
-            raise UserError(f"--storage {shown(url)}: the database driver is not installed: {POSTGRES_EXTRA}") from None
+        except ImportError as exc:
+            module = exc.name or "it needs"
+            fix = POSTGRES_EXTRA if url.startswith("postgres") else f"install the Python module {module}"
+            raise UserError(f"--storage {shown(url)}: the database driver is not installed: {fix}") from None
         except sqlalchemy.exc.ArgumentError as exc:
-            raise UserError(f"--storage {shown(url)}: not a database URL ({_first_line(exc)})") from None
+            raise UserError(f"--storage {shown(url)}: not a database URL ({first_line(exc)})") from None
         except sqlalchemy.exc.SQLAlchemyError as exc:
             if attempt == 2 or isinstance(exc, sqlalchemy.exc.OperationalError):
-                raise UserError(f"--storage {shown(url)}: cannot open the database: {_first_line(exc)}") from None
+                raise UserError(f"--storage {shown(url)}: cannot open the database: {first_line(exc)}") from None
             time.sleep(1.0)
     raise AssertionError("unreachable")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def sampler_for(sweep: Sweep, trials: int = 0, worker: int = 0) -> optuna.samplers.BaseSampler:

@@ -42,6 +42,9 @@ from mnist_mlp.errors import ConfigError
 DEFAULT_VALIDATION_SIZE = 10000  # held out of the end of the training set when the sweep names none
 SWEEP_SECTIONS = ("base", "set", "grid", "random", "sampler", "pruner")
 RANDOM_KEYS = ("trials", "seed", "params")
+# No line per trial or study, and none for a failed trial: the sweep prints its own (study.py imports this).
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 # The settings each sampler and pruner takes from the file (Optuna's names; the rest are Optuna's defaults).
 SAMPLER_SETTINGS = {"grid": (), "random": (), "tpe": ("n_startup_trials", "multivariate")}
@@ -50,8 +53,6 @@ PRUNER_SETTINGS = {
     "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
     "hyperband": ("min_resource", "max_resource", "reduction_factor"),
 }
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial or study: the sweep prints its own
 
 
 @dataclass(frozen=True)
@@ -99,10 +100,6 @@ class Sweep:
     def config_for(self, values: dict[str, Any]) -> Config:
         """The complete config of one setting of the searched keys (ConfigError when invalid)."""
         return _checked(_apply(self.base, values, str(self.path)), str(self.path))
-
-    def distributions(self) -> dict[str, BaseDistribution]:
-        """Optuna's distribution for each key of the random section (choices stand in encoded: see encode)."""
-        return {key: distribution(spec) for key, spec in self.space.items()}
 
     def decode(self, key: str, value: Any) -> Any:
         """A searched key's value as the config takes it, from the value Optuna holds (see encode)."""
@@ -179,12 +176,13 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
 
 def trial_id(config: Config) -> str:
-    """A short hash of the complete config, leaving out what cannot change results (data folder, threads)."""
+    """A short hash of the complete config, leaving out what is the machine's, not the trial's (see comparable)."""
     return hashlib.sha256(json.dumps(comparable(config), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def comparable(config: Config) -> dict:
-    """The config as a dict without what cannot change results: the data folder and the thread count."""
+    """The config as a dict without what belongs to the machine a trial runs on: the data folder, and the thread
+    count (which --workers sets; under XLA it moves results by float rounding, docs/experiments.md)."""
     tree = config.to_dict()
     tree["data"]["dir"] = None
     tree["runtime"]["threads"] = 0
