@@ -32,7 +32,7 @@ from mnist_mlp import sweep_worker_process
 from mnist_mlp.config import Config, DataConfig
 from mnist_mlp.data import Mnist, load_mnist
 from mnist_mlp.device import configure_threads
-from mnist_mlp.errors import UserError
+from mnist_mlp.errors import GpuFailure, UserError
 from mnist_mlp.history import EPOCH, SECONDS, accuracy_column, loss_column
 from mnist_mlp.results import Listener
 from mnist_mlp.run import Interrupted, StopFlag, best_epoch, monitored_loss, stop_on_signals, train_and_evaluate
@@ -295,6 +295,9 @@ def worker_main(sweep: Sweep, place: Place, threads: int, worker: int) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         code = 2
+    except GpuFailure as exc:  # runtime.device: gpu, and the GPU raised an error (auto went on on the CPU)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        code = 1
     except Exception:
         traceback.print_exc()
         code = 1
