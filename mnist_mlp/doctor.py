@@ -30,7 +30,8 @@ def diagnose(data_dir: Path | None = None, config: Config | None = None) -> dict
     the GPU with (None: the defaults at batch 50 and 512)."""
     problems = environment_problems()
     data_config = (config or Config()).data
-    data_config = DataConfig(dir=str(data_dir)) if data_dir else data_config
+    if data_dir and config is None:  # with a config, cli applied --data-dir to it already
+        data_config = DataConfig(dir=str(data_dir))
     try:
         data = data_source(data_config)
     except UserError as exc:
