@@ -165,7 +165,10 @@ def measure_train_runs(
     runs: list[TrainRun] = []
     load_before = load_average()
     for _ in range(repeats):
-        run = time_train(list(args), env, time_import(env))
+        try:
+            run = time_train(list(args), env, time_import(env))
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:  # the timing before it is kept
+            return {"skipped": f"train run {len(runs) + 1} failed: {exc}"}
         say(f"  train run {len(runs) + 1}/{repeats}: {format_run(run)}")
         runs.append(run)
     return {
