@@ -24,12 +24,16 @@ GPU, layer sizes, batch size and the training settings the check ran, for CACHE_
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -449,16 +453,35 @@ def read_cache(path: Path) -> dict[str, dict]:
 
 def verdict_for(config: Config, gpu: str, data: Split | None = None, recheck: bool = False) -> Verdict:
     """The cached verdict for this machine and config, else (or when asked to recheck) a fresh one, cached."""
-    path = cache_dir() / CACHE_FILE
-    verdicts, key = read_cache(path), cache_key(config, gpu)
-    if not recheck:
-        try:
-            return Verdict(**{**verdicts[key], "cached": True})
-        except (KeyError, TypeError):
-            pass
-    verdict = check_gpu(config, gpu, data)
-    remember(verdict, key, verdicts, path)
-    return verdict
+    path, key = cache_dir() / CACHE_FILE, cache_key(config, gpu)
+    with one_check_at_a_time(path):
+        verdicts = read_cache(path)
+        if not recheck:
+            try:
+                return Verdict(**{**verdicts[key], "cached": True})
+            except (KeyError, TypeError):
+                pass
+        verdict = check_gpu(config, gpu, data)
+        remember(verdict, key, verdicts, path)
+        return verdict
+
+
+@contextlib.contextmanager
+def one_check_at_a_time(path: Path) -> Iterator[None]:
+    """An exclusive OS lock beside the cache file while a verdict is read, made and written: processes that start
+    together (a sweep's workers, parallel runs) check one after another, each check's timing undisturbed by the
+    others, and the later ones find the first's verdict. No lock where the cache folder cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel lets go when the process ends, however it ends
+        yield
+    finally:
+        os.close(fd)
 
 
 def remember(verdict: Verdict, key: str, verdicts: dict, path: Path) -> None:

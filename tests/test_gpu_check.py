@@ -301,6 +301,24 @@ def test_the_verdict_is_cached_per_setting_and_rechecked_on_request(counted_chec
     assert len(json.loads((tmp_path / "cache" / "gpu_check.json").read_text())) == 5
 
 
+def test_a_second_process_waits_for_the_first_check_and_takes_its_verdict(counted_checks, tmp_path):
+    """Two sweep workers starting at once: the second waits on the cache's lock and finds the first's verdict.
+    (flock locks are per open file, so a thread of this process stands in for the second process.)"""
+    import threading
+
+    path = tmp_path / "cache" / gpu_check.CACHE_FILE
+    found = []
+    with gpu_check.one_check_at_a_time(path):
+        second = threading.Thread(target=lambda: found.append(verdict_for(Config(), GPU)))
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive() and found == []  # waiting, not checking
+        first = dataclasses.replace(verdict(), checked_at=datetime.now().isoformat(timespec="seconds"))
+        gpu_check.remember(first, gpu_check.cache_key(Config(), GPU), {}, path)
+    second.join(timeout=30)
+    assert found[0].cached and counted_checks == []
+
+
 def test_the_key_names_the_os_versions_and_the_checked_settings_but_not_the_host(monkeypatch):
     monkeypatch.setattr(gpu_check.platform, "node", lambda: "Annas-MacBook-Air.local")
     key = gpu_check.cache_key(Config().replace(**{"train.optimizer": "momentum", "train.l1": 1e-4}), GPU)
