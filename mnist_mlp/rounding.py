@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from mnist_mlp.device import CPU
+
 U = 2.0**-24  # float32's unit roundoff: a rounding is at most this relative error
 LAMBDA = 10.0  # the probabilistic bound's λ (above): failure probability below 1e-18 per sum
 TRANSCENDENTAL_ULPS = 64  # exp and log: allowed error in units of the last place (TensorFlow's, a GPU's)
@@ -39,7 +41,7 @@ UPDATE_ULPS = 8  # an optimizer's update: at most 8 roundings (Adam's), each of 
 def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A B in float64, by TensorFlow on the CPU: NumPy's multithreaded BLAS stalls beside TensorFlow's own busy
     thread pools (50 images times W^1 took 57 ms there, against 1.2 ms here)."""
-    with tf.device("/CPU:0"):
+    with tf.device(CPU):
         return tf.linalg.matmul(A, B).numpy()
 
 

@@ -22,10 +22,10 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from mnist_mlp.errors import ConfigError
+from mnist_mlp.model import N_PIXELS  # the contraction length that marks the first layer's product (H^0)ᵀ W^1
 
 STANDIN_ENV = "MNIST_MLP_STANDIN_GPU"
 STANDIN_GPU = "/CPU:1"
-N_PIXELS = 28 * 28  # the contraction length that marks the first layer's product (H^0)ᵀ W^1 (as model.N_PIXELS)
 BIG_BATCH = 512  # `bigbatch` goes wrong from this many rows on
 
 # Each mode, and what the stand-in computes wrongly in it.
