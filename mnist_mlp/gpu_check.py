@@ -196,13 +196,21 @@ class Probe:
             return [t.numpy() for t in found]
 
 
-def compare_step_tensors(probes: list[Probe], images: np.ndarray, labels: np.ndarray, chunk: bool = False) -> str:
-    """1 (and the first part of 3, chunk=True: the forward pass only): one step's tensors from the same weights."""
+def forward_bounds(trainer: Trainer, images: np.ndarray, labels: np.ndarray) -> tuple:
+    """rounding's forward and output bounds of the trainer's weights on these images."""
+    W, W0 = weights_of(trainer)
+    fwd = rounding.forward(W, W0, pixels(images))
+    return fwd, rounding.output(fwd, labels.astype(np.int64))
+
+
+def compare_step_tensors(
+    probes: list[Probe], images: np.ndarray, labels: np.ndarray, chunk: tuple | None = None
+) -> str:
+    """1 (and the first part of 3, chunk=its forward_bounds: the forward pass only): one step's tensors from
+    the same weights."""
     found = [probe(images, labels) for probe in probes]
     cpu = probes[0].trainer
-    W, W0 = weights_of(cpu)
-    fwd = rounding.forward(W, W0, pixels(images))
-    out = rounding.output(fwd, labels.astype(np.int64))
+    fwd, out = chunk or forward_bounds(cpu, images, labels)
     where = " on the evaluation chunk" if chunk else ""
     allowed = {
         **{f"H^{layer}{where}": fwd.A_H[layer] for layer in range(1, len(fwd.H))},
@@ -212,6 +220,7 @@ def compare_step_tensors(probes: list[Probe], images: np.ndarray, labels: np.nda
     }
     if not chunk:
         cfg = cpu.config.train
+        W, W0 = weights_of(cpu)
         grads = rounding.gradients(W, W0, fwd, out, np.eye(N_CLASSES)[labels], cfg.l1, cfg.l1_biases)
         allowed |= {f"∇W^{layer}": a for layer, a in enumerate(grads.A_W, 1)}
         allowed |= {f"∇W0^{layer}": a for layer, a in enumerate(grads.A_W0, 1)}
@@ -318,16 +327,14 @@ def compare_evaluation(probes: list[Probe], chunk: Split) -> str:
     cpu, gpu = (probe.trainer for probe in probes)
     for mine, theirs in zip(state_of(gpu), state_of(cpu), strict=True):
         mine.assign(theirs)
-    problem = compare_step_tensors(probes, chunk.images, chunk.labels, chunk=True)
+    fwd, out = forward_bounds(cpu, chunk.images, chunk.labels)
+    problem = compare_step_tensors(probes, chunk.images, chunk.labels, chunk=(fwd, out))
     if problem:
         return problem
     (cpu_loss, _, cpu_pred, cpu_active), (gpu_loss, gpu_confusion, gpu_pred, gpu_active) = (
         evaluation_of(trainer, chunk) for trainer in (cpu, gpu)
     )
-    W, W0 = weights_of(cpu)
     labels = chunk.labels.astype(np.int64)
-    fwd = rounding.forward(W, W0, pixels(chunk.images.reshape(len(chunk), -1)))
-    out = rounding.output(fwd, labels)
     chunks = [slice(start, start + EVAL_CHUNK) for start in range(0, len(chunk), EVAL_CHUNK)]
     allowed = np.array([rounding.loss_sum_bound(out, rows) for rows in chunks])
     problem = first_difference([("the evaluation's loss sums", gpu_loss, cpu_loss, allowed)])
