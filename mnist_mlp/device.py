@@ -19,6 +19,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from mnist_mlp import native_stderr_silenced
+from mnist_mlp.cache import writable_folder, xla_cache_dir
 from mnist_mlp.config import RuntimeConfig
 from mnist_mlp.errors import ConfigError
 from mnist_mlp.standin import STANDIN_ENV, STANDIN_GPU, split_cpu, standin_mode
@@ -72,15 +73,21 @@ def configure_threads(threads: int) -> None:
 
 
 def configure_runtime(config: RuntimeConfig) -> None:
-    """What must be settled before TensorFlow starts its runtime (the intra-op thread count), then its start."""
-    configure_threads(config.threads)
-    tf.config.list_logical_devices()
+    """What must be settled before TensorFlow starts its runtime, which it then starts: the intra-op thread count
+    (runtime.threads) and, for XLA, the folder where it keeps the programs it compiles (xla_cache_flags)."""
+    threads = config.threads or tf.config.threading.get_intra_op_parallelism_threads()  # a sweep worker's, say
+    cache = xla_cache_flags(threads) if _jit(config) else None
+    with _environment("TF_XLA_FLAGS", cache):  # TensorFlow reads it once, at its first look at its settings
+        configure_threads(config.threads)
+        tf.config.list_logical_devices()
 
 
 # XLA's CPU runtime: the whole compiled loop as one LLVM function ("legacy") rather than a sequence of thunks,
 # TF 2.19's default, which pays a dispatch per op. Only with it does XLA beat the plain graph here
 # (docs/performance.md).
 XLA_CPU_RUNTIME_FLAG = "--xla_cpu_use_thunk_runtime=false"
+# TensorFlow's flag for a folder of compiled XLA programs, which later processes load instead of compiling again.
+XLA_CACHE_FLAG = "--tf_xla_persistent_cache_directory"
 _xla_flags_read = False
 
 
@@ -107,6 +114,19 @@ def prepare_xla_cpu() -> None:
         return
     with _environment("XLA_FLAGS", xla_flags()), native_stderr_silenced(), tf.device(CPU):  # XLA's C++ log lines
         tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(0.0))
+
+
+def xla_cache_flags(threads: int) -> str | None:
+    """$TF_XLA_FLAGS that keep the programs XLA compiles in the user's cache folder (cache.xla_cache_dir, one folder
+    per machine, TensorFlow, XLA flags and thread count), where later runs load them instead of compiling again: a
+    run's first epoch then takes about as long as the others. None (no cache) when the folder cannot be written (XLA
+    would fail every call then) or when the user's TF_XLA_FLAGS name a folder of their own. Takes effect only if set
+    before TensorFlow first looks at its settings (configure_runtime)."""
+    user = os.environ.get("TF_XLA_FLAGS", "")
+    folder = xla_cache_dir(xla_flags(), threads)
+    if XLA_CACHE_FLAG in user or not writable_folder(folder):
+        return None
+    return f"{user} {XLA_CACHE_FLAG}={folder}".strip()
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from mnist_mlp import device
+from mnist_mlp.cache import xla_cache_dir
 from mnist_mlp.config import RuntimeConfig
 from mnist_mlp.device import STANDIN_GPU, Device, cpu_device, gpu_device
 from mnist_mlp.errors import ConfigError
@@ -51,6 +52,45 @@ def test_a_users_own_xla_runtime_flag_is_kept(monkeypatch):
     monkeypatch.setattr(tf, "function", lambda *a, **k: pytest.fail("compiled with the user's flags replaced"))
     device.prepare_xla_cpu()
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_thunk_runtime=true" == device.xla_flags()
+
+
+@pytest.fixture
+def runtime_start(monkeypatch, tmp_path):
+    """configure_runtime as before TensorFlow's runtime starts, with a scratch cache folder: records the TF_XLA_FLAGS
+    that the start would read (a stand-in for it: the real one happens once per process)."""
+    monkeypatch.setenv("MNIST_MLP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
+    seen = []
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda: seen.append(os.environ.get("TF_XLA_FLAGS")))
+    return seen
+
+
+def test_xla_keeps_its_programs_in_the_cache_folder_and_the_environment_is_restored(runtime_start, tmp_path):
+    device.configure_runtime(RuntimeConfig(jit_compile=True))
+    folder = xla_cache_dir(device.xla_flags(), 0)
+    assert folder.is_dir() and folder.is_relative_to(tmp_path / "cache" / "xla")
+    assert runtime_start == [f"{device.XLA_CACHE_FLAG}={folder}"] and "TF_XLA_FLAGS" not in os.environ
+    device.configure_runtime(RuntimeConfig(jit_compile=False))  # no XLA, no cache
+    assert runtime_start[-1] is None
+
+
+def test_a_users_own_xla_cache_is_kept_and_other_flags_are_extended(runtime_start, monkeypatch):
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/elsewhere")
+    assert device.xla_cache_flags(0) is None
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_enable_lazy_compilation=false")
+    folder = xla_cache_dir(device.xla_flags(), 0)
+    assert device.xla_cache_flags(0) == f"--tf_xla_enable_lazy_compilation=false {device.XLA_CACHE_FLAG}={folder}"
+
+
+def test_no_xla_cache_where_the_cache_folder_cannot_be_written(runtime_start, monkeypatch, tmp_path):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MNIST_MLP_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    assert device.xla_cache_flags(0) is None  # XLA would fail every call whose program it cannot write
+
+
+def test_the_xla_cache_folder_changes_with_the_flags_and_the_threads():
+    folders = {xla_cache_dir(flags, threads) for flags in ("", "--a") for threads in (0, 1)}
+    assert len(folders) == 4
 
 
 def test_the_stand_in_cannot_be_switched_on_once_tensorflow_runs(monkeypatch):
