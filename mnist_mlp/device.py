@@ -75,8 +75,7 @@ def configure_threads(threads: int) -> None:
 def configure_runtime(config: RuntimeConfig) -> None:
     """What must be settled before TensorFlow starts its runtime, which it then starts: the intra-op thread count
     (runtime.threads) and, for XLA, the folder where it keeps the programs it compiles (xla_cache_flags)."""
-    threads = config.threads or tf.config.threading.get_intra_op_parallelism_threads()  # a sweep worker's, say
-    cache = xla_cache_flags(threads) if _jit(config) else None
+    cache = xla_cache_flags(config.threads) if _jit(config) else None
     with _environment("TF_XLA_FLAGS", cache):  # TensorFlow reads it once, at its first look at its settings
         configure_threads(config.threads)
         tf.config.list_logical_devices()
