@@ -22,11 +22,13 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from mnist_mlp.errors import ConfigError
-from mnist_mlp.model import N_PIXELS  # the contraction length that marks the first layer's product (H^0)ᵀ W^1
 
 STANDIN_ENV = "MNIST_MLP_STANDIN_GPU"
 STANDIN_GPU = "/CPU:1"
 BIG_BATCH = 512  # `bigbatch` goes wrong from this many rows on
+# The contraction length that marks the first layer's product (H^0)ᵀ W^1; model.N_PIXELS, which this module cannot
+# import: data -> standin -> model -> data would be an import circle.
+N_PIXELS = 28 * 28
 
 # Each mode, and what the stand-in computes wrongly in it.
 MODES = {
