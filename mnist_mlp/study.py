@@ -39,6 +39,7 @@ HEARTBEAT_SECONDS = 10  # how often a running trial says it is alive
 GRACE_SECONDS = 30  # a trial silent this long is taken for dead, failed and queued again
 DRAW = "draw"  # the grid dimension that numbers the random section's draws
 SWEEP_ATTR = "sweep"  # the study's record of the sweep it runs
+ROW_ATTRS = {"id", "order", "values", "config"}  # what a trial's row needs of what start_trial records
 POSTGRES_EXTRA = "pip install 'mnist-mlp[postgres]' (or make install POSTGRES=1)"
 
 
@@ -319,7 +320,10 @@ def rows(study: optuna.Study) -> list[dict]:
     its id, number, swept values, status, figures, machine, folder, config and validation curve."""
     found = []
     for trial in study.get_trials(deepcopy=False):
-        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) and "id" in trial.user_attrs:
+        # start_trial records a trial's attributes one at a time, so another worker may see a new trial with only
+        # some of them: it joins the rows once all are there.
+        recorded = trial.user_attrs.keys() >= ROW_ATTRS
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) and recorded:
             found.append(row_of(trial))
     return sorted(found, key=lambda row: (row["order"], row["number"]))
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from mnist_mlp.errors import UserError
-from mnist_mlp.study import fingerprint, open_storage, shown, storage_url
+from mnist_mlp.study import fingerprint, open_storage, rows, shown, storage_url
 from mnist_mlp.sweep_file import load_sweep
 from tests.conftest import child_env
 
@@ -37,6 +37,18 @@ def test_an_unreachable_database_is_a_one_line_error(tmp_path):
     with pytest.raises(UserError, match=r"--storage postgresql\+psycopg://u:\*\*\*@127.0.0.1:9/s: cannot open") as e:
         open_storage("postgresql+psycopg://u:pw@127.0.0.1:9/s")  # port 9: nothing listens there
     assert "\n" not in str(e.value)
+
+
+def test_a_trial_another_worker_has_only_begun_to_record_is_left_out_of_the_rows_until_it_has():
+    """Two workers: one reads the study's rows (its progress line) while the other's new trial has some of its
+    attributes; that trial must not crash the reader (a KeyError once did)."""
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_user_attr("id", "abc")
+    assert rows(study) == []
+    for key, value in (("order", 0), ("values", {"seed": 0}), ("config", {})):
+        trial.set_user_attr(key, value)
+    assert [(row["trial"], row["status"]) for row in rows(study)] == [("abc", "running")]
 
 
 def test_the_fingerprint_follows_the_search_not_the_data_folder(tmp_path):
