@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from mnist_mlp.errors import UserError
 from mnist_mlp.study import fingerprint, open_storage, rows, shown, storage_url
@@ -149,12 +150,25 @@ def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=open_storage(storage_url(url, Path()))).trials
 
 
-def running_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    """The study's running trials; none while the study is still to be made."""
-    try:
-        return [t for t in trials_of(url, name) if t.state.name == "RUNNING"]
-    except KeyError:
-        return []
+def kill_after_a_first_epoch(child: subprocess.Popen, folder: Path, url: str, name: str):
+    """SIGKILLs `child` while one of its trials (those it trains in `folder`) is past its first epoch and not
+    yet ended; that trial, or None when the child ended first. This grid's epochs after the first take some
+    10 ms, less than a read of the study, and polling once missed every trial (CI): so the child runs in 10 ms
+    slices and is stopped (SIGSTOP) while the study is read, and no state of its trials goes unseen."""
+    storage, deadline = open_storage(storage_url(url, Path())), time.monotonic() + 600
+    while child.poll() is None and time.monotonic() < deadline:
+        child.send_signal(signal.SIGSTOP)
+        try:
+            running = storage.get_all_trials(storage.get_study_id_from_name(name), states=(TrialState.RUNNING,))
+        except KeyError:  # the study is still to be made
+            running = []
+        for trial in running:
+            if trial.user_attrs.get("curve") and trial.user_attrs.get("folder", "").startswith(str(folder)):
+                child.send_signal(signal.SIGKILL)  # while stopped: after its trial's first epoch, before its last
+                return trial
+        child.send_signal(signal.SIGCONT)
+        time.sleep(0.01)
+    return None
 
 
 def per_point(trials: list) -> dict[str, list]:
@@ -200,17 +214,16 @@ def test_a_worker_killed_mid_trial_has_its_trial_run_again_by_the_other(
     a, b = tmp_path / "machine-a", tmp_path / "machine-b"
     child_a = start_machine(a, grid_file, mnist_dir, "--storage", postgres, "--study", study)
     child_b = start_machine(b, grid_file, mnist_dir, "--storage", postgres, "--study", study)
-    killed, deadline = None, time.monotonic() + 600
-    while killed is None and time.monotonic() < deadline and child_a.poll() is None:
-        for trial in running_trials(postgres, study):
-            if len(trial.user_attrs.get("curve", [])) >= 1 and trial.user_attrs["folder"].startswith(str(a)):
-                child_a.send_signal(signal.SIGKILL)  # after its trial's first epoch, before its last
-                killed = trial
-                break
-        time.sleep(0.2)
-    assert killed is not None, "machine-a finished no epoch before the deadline"
-    assert child_a.wait(timeout=60) == -signal.SIGKILL
-    finish(child_b)
+    try:
+        killed = kill_after_a_first_epoch(child_a, a, postgres, study)
+        assert killed is not None, f"machine-a ended (exit {child_a.poll()}) before any of its trials had an epoch"
+        assert child_a.wait(timeout=60) == -signal.SIGKILL
+        finish(child_b)
+    finally:
+        for child in (child_a, child_b):
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
 
     trials = trials_of(postgres, study)
     points = per_point(trials)
