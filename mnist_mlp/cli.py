@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from mnist_mlp import __version__, import_tensorflow_quietly
 from mnist_mlp.errors import GpuFailure, GpuMismatch, UserError, first_line
-from mnist_mlp.folder_lock import folder_locked, lock_folder
+from mnist_mlp.folder_lock import SWEEP_COMMAND, TRAIN_COMMAND, folder_locked, lock_folder
 from mnist_mlp.versions import runtime_versions
 from mnist_mlp.write_errors import WriteFailed, as_write_failure
 
@@ -36,7 +36,6 @@ EXIT_SOME_FILES_FAILED = 1  # predict: some images could not be classified (the 
 EXIT_BENCH_MISMATCH = 1  # bench: some implementation or device computed a different loss
 EXIT_WRITE_FAILED = 1  # a full disk, a read-only or failing one, a folder removed while written: not the input's fault
 LATEST_HELP = "latest: the newest finished run in runs/"
-TRAIN_COMMAND, SWEEP_COMMAND = "mnist-mlp train", "mnist-mlp sweep"  # how a folder's lock names its holder
 
 
 def cmd_train(args: argparse.Namespace) -> int:

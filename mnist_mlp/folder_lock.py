@@ -26,6 +26,7 @@ from pathlib import Path
 from mnist_mlp.errors import UserError
 
 LOCK_FILE = ".lock"
+TRAIN_COMMAND, SWEEP_COMMAND = "mnist-mlp train", "mnist-mlp sweep"  # how a folder's lock names its holder
 HOLDER_WAIT = 1.0  # seconds to wait for a holder that has just taken the lock (or is letting go) to say who it is
 
 

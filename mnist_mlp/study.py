@@ -3,10 +3,13 @@
 The study lives in a database: by default a SQLite file in the sweep folder (OUT/study.db), or any SQLAlchemy
 URL Optuna supports (`--storage`), e.g. a PostgreSQL server that workers on several machines share. A grid or
 random sweep runs on Optuna's GridSampler: trial number k takes point k of the grid, so workers never pick the
-same point, however many there are; the random draws are one more grid dimension, `draw`, whose number gives
-the draw's values (DrawSampler). A TPE sweep runs TPESampler. Each trial records its swept values, its
-complete config, the machine and folder it trains in, its status and figures, and its validation curve, so
-that the report can be written from the study alone.
+same point while the numbers last; the random draws are one more grid dimension, `draw`, whose number gives
+the draw's values (DrawSampler). Once retries have taken numbers, a later trial takes a random point not yet
+run, and two workers can take the same one at the same moment: the later trial then does not train (it is
+marked a duplicate), and on one machine the trial folder's lock keeps a second worker out of it. A TPE
+sweep runs TPESampler. Each trial records its swept values, its complete config, the machine and folder it
+trains in, its status and figures, and its validation curve, so that the report can be written from the
+study alone.
 
 A running trial writes a heartbeat; one silent for GRACE_SECONDS (its worker killed, its machine gone) is
 failed by the next worker that looks and queued again (Optuna's retry callback), as is a trial stopped by
@@ -122,11 +125,12 @@ def open_storage(url: str) -> RDBStorage:
 def sampler_for(sweep: Sweep, trials: int = 0, worker: int = 0) -> optuna.samplers.BaseSampler:
     """GridSampler over the grid (and the draws) for grid and random sweeps; TPESampler for tpe.
 
-    TPE's seed is the file's mixed with the number of trials the study held when this worker started and the
-    worker's number: workers started together, or a resumed sweep, do not repeat each other's first draws."""
+    TPE's seed is the file's mixed with the machine's name, the number of trials the study held when this
+    worker started and the worker's number: workers started together, on one machine or several, or a resumed
+    sweep, do not repeat each other's first draws."""
     if sweep.sampler.name != "tpe":
         return DrawSampler(sweep)
-    seed = int(hashlib.sha256(f"{sweep.seed}/{trials}/{worker}".encode()).hexdigest()[:8], 16)
+    seed = int(hashlib.sha256(f"{sweep.seed}/{socket.gethostname()}/{trials}/{worker}".encode()).hexdigest()[:8], 16)
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True, **sweep.sampler.settings)
 
 
@@ -245,7 +249,9 @@ class DrawSampler(optuna.samplers.GridSampler):
     with the value of the draw it was given."""
 
     def __init__(self, sweep: Sweep):
-        super().__init__(grid_space(sweep), seed=sweep.seed)
+        super().__init__(grid_space(sweep), seed=sweep.seed)  # the seed orders the grid: the same in every worker
+        self.reseed_rng()  # but the point not yet run that a trial takes once the numbers no longer give one:
+        # each worker's own, so that two workers picking at once rarely pick alike
         self.grid, self.draws = grid_space(sweep), sweep.draws
 
     def sample_independent(

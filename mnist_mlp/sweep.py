@@ -33,6 +33,7 @@ from mnist_mlp.config import Config, DataConfig
 from mnist_mlp.data import Mnist, load_mnist
 from mnist_mlp.device import configure_threads
 from mnist_mlp.errors import GpuFailure, UserError
+from mnist_mlp.folder_lock import SWEEP_COMMAND, FolderInUse
 from mnist_mlp.history import EPOCH, SECONDS, accuracy_column, loss_column
 from mnist_mlp.results import Listener
 from mnist_mlp.run import Interrupted, StopFlag, best_epoch, monitored_loss, stop_on_signals, train_and_evaluate
@@ -160,6 +161,9 @@ def _objective(
         raise Duplicate(f"trial {trial.number} has the config of trial {earlier}")
     try:
         run, status = run_trial(folder, config, [EpochReporter(trial, stop)], load)
+    except FolderInUse as exc:  # another worker of this machine took the same point at the same moment
+        trial.set_user_attr("duplicate_of", str(exc))  # "trials/ID is in use by process 4242 (mnist-mlp sweep, …)"
+        raise Duplicate(f"trial {trial.number}: {exc}") from None
     except optuna.TrialPruned:
         trial.set_user_attr("status", "pruned")
         trial.set_user_attr("metrics", _figures(RunDir(folder).read_metrics()))
@@ -210,8 +214,9 @@ def run_trial(
 ) -> tuple[RunDir, str]:
     """Train one trial from scratch in `run_dir` (a partial run there is replaced); the run and its status.
 
-    A pruned trial keeps what it trained (history, checkpoint, weights) with metrics.json saying "pruned"."""
-    run = RunDir.create(run_dir, run_dir.name, overwrite=True, config=config)
+    A pruned trial keeps what it trained (history, checkpoint, weights) with metrics.json saying "pruned".
+    FolderInUse when another worker of this machine trains in `run_dir`: the folder's lock is held meanwhile."""
+    run = RunDir.create(run_dir, run_dir.name, overwrite=True, config=config, lock_as=SWEEP_COMMAND)
     try:
         result = train_and_evaluate(config, run, listeners, mnist=(load or cached_mnist)(config.data))
     except Diverged:  # history and metrics are written with status "diverged"; the sweep goes on
@@ -223,6 +228,8 @@ def run_trial(
     except BaseException:
         run.abandon()  # a replacement that did not get through an epoch; the partial trial stays as it was
         raise
+    finally:
+        run.unlock()
     return run, result.metrics["status"]
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,8 +18,9 @@ from mnist_mlp.cli import main
 from mnist_mlp.config import Config, load_config
 from mnist_mlp.data import Mnist, split
 from mnist_mlp.errors import ConfigError, UserError
+from mnist_mlp.folder_lock import LOCK_FILE, SWEEP_COMMAND, lock_folder
 from mnist_mlp.run import Interrupted
-from mnist_mlp.study import Place, open_storage, sweep_place
+from mnist_mlp.study import Place, open_storage, open_study, sweep_place
 from mnist_mlp.sweep import run_sweep, threads_per_worker
 from mnist_mlp.sweep_file import load_sweep, trial_id
 from mnist_mlp.sweep_report import best_per_value
@@ -354,6 +357,25 @@ def test_an_interrupted_trial_is_queued_again_and_run_from_scratch_on_resume(tmp
     states = [t.state.name for t in trials_of(out)]
     assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
     assert "1 trial(s) stopped unfinished" in (out / "summary.md").read_text()
+
+
+def test_a_trial_whose_folder_another_worker_holds_is_a_duplicate_that_trains_and_writes_nothing(tmp_path):
+    """Two workers of one machine that took one grid point at the same moment: the one that finds the trial's folder
+    locked (the other trains there) marks its trial a duplicate, trains nothing, writes nothing there and queues
+    no retry."""
+    sweep = load_sweep(write_sweep(tmp_path, {"set": TINY, "grid": {"train.learning_rate": [0.05]}}))
+    out = tmp_path / "out"
+    folder = out / "trials" / sweep.trials[0].id
+    folder.mkdir(parents=True)
+    study = open_study(sweep, open_storage(place(out).url), "sweep")
+    objective = functools.partial(sweep_module._objective, sweep=sweep, out=out, stop=lambda: False,
+                                  load=synthetic_loader)  # fmt: skip
+    with lock_folder(folder, SWEEP_COMMAND):  # the other worker, training there
+        study.optimize(objective, n_trials=1, catch=(sweep_module.Duplicate,))  # as the sweep's workers call it
+        assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]  # the holder's lock alone
+    (frozen,) = study.trials  # no retry queued
+    assert frozen.state.name == "FAIL" and "curve" not in frozen.user_attrs
+    assert re.match(rf"{folder} is in use by process \d+ \(mnist-mlp sweep", frozen.user_attrs["duplicate_of"])
 
 
 def test_a_pruned_trial_stops_keeps_its_folder_and_is_reported_as_pruned(tmp_path, monkeypatch):
