@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -120,8 +119,8 @@ def test_serve_without_dir_serves_the_latest_run_and_prints_its_url(tmp_path, mn
     try:
         line = serve.stdout.readline()
         warning = serve.stderr.readline()
-    finally:
-        serve.send_signal(signal.SIGINT)
+    finally:  # stopped outright: Ctrl-C is test_serve's, and a background job's children ignore SIGINT
+        serve.kill()
         serve.wait(timeout=60)
     assert line.startswith(f"serving runs/{name} (") and " at http://0.0.0.0:" in line, line
     assert warning == ("warning: listening on 0.0.0.0: the page and its API are reachable from the network, "
